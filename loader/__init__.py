@@ -1,0 +1,1 @@
+"""CSV exports → PostgreSQL, every batch validated by Great Expectations, every reject logged."""

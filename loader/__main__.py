@@ -1,0 +1,6 @@
+"""Entry point of `python -m loader`."""
+import sys
+
+from loader.cli import main
+
+sys.exit(main())

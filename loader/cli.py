@@ -1,0 +1,205 @@
+"""`python -m loader`: subcommands, options and exit codes; the work itself lives elsewhere.
+
+Exit codes: 0 done, 1 unexpected error, 2 usage, 3 bad input (missing or malformed file),
+4 database unreachable, 5 more rejected rows than --max-rejected-rows, 6 dbt build failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.console import Console
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_DATABASE, EXIT_REJECTED, EXIT_DBT = range(7)
+
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, highlight=False)
+
+
+def batch_size(text: str) -> int:
+    from loader.settings import MAX_BATCH_SIZE
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_BATCH_SIZE}, got {value}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="python -m loader",
+        description="Load CSV exports into PostgreSQL, validating every batch.",
+        epilog="Exit codes: 0 done, 1 unexpected error, 2 usage, 3 bad input, "
+        "4 database unreachable, 5 rejected rows over --max-rejected-rows, 6 dbt build failed.",
+    )
+    root.add_argument("--version", action="version", version=f"%(prog)s {version('csv-migrate')}")
+    verbs = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = verbs.add_parser("run", help="load, validate and promote the CSV files")
+    run.add_argument("--input", type=Path, help="folder with departments.csv, jobs.csv, "
+                     "hired_employees.csv (default: the bundled sample, or LOADER_INPUT_DIR)")
+    run.add_argument("--batch-size", type=batch_size, help="rows per batch, 1..1000 (default 1000)")
+    run.add_argument("--policy", choices=["reject_batch", "quarantine_rows"],
+                     help="reject_batch (default): one failing row holds back its whole batch; "
+                     "quarantine_rows: only failing rows are held back")
+    run.add_argument("--max-rejected-rows", type=non_negative, metavar="N",
+                     help=f"exit {EXIT_REJECTED} when more than N rows were held back")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+    sample = verbs.add_parser("sample", help="write a deterministic sample set of the three files")
+    sample.add_argument("--rows", type=non_negative, default=5000, help="hired_employees rows")
+    sample.add_argument("--out", type=Path, required=True, help="folder to write into")
+    sample.add_argument("--seed", type=int, default=7)
+
+    db = verbs.add_parser("db", help="the database in use")
+    db_verbs = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_verbs.add_parser("url", help="print the connection URL (starts the embedded server)")
+    db_verbs.add_parser("start", help="start the embedded server")
+    db_verbs.add_parser("stop", help="stop the embedded server")
+
+    verbs.add_parser("docs", help="print where the Great Expectations data docs are")
+    verbs.add_parser("expectations", help="regenerate the GX suites and checkpoints in "
+                     "expectations/ from the data dictionary")
+    return root
+
+
+def settings_from(args: argparse.Namespace):
+    from loader.settings import Settings
+
+    overrides = {
+        "input_dir": getattr(args, "input", None),
+        "batch_size": getattr(args, "batch_size", None),
+        "policy": getattr(args, "policy", None),
+    }
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+@contextmanager
+def progress_display():
+    """Rows read per table, on a terminal only."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    if not err.is_terminal:
+        yield lambda table, rows: None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(table: str, rows: int) -> None:
+            if table not in tasks:
+                tasks[table] = progress.add_task(table)
+            progress.update(tasks[table], description=f"{table}: {rows:,} rows read")
+
+        yield update
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from loader.job import LoadJob
+
+    settings = settings_from(args)
+    with progress_display() as progress:
+        summary = LoadJob(settings, progress).run()
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        summary.render(out)
+    held_back = summary.total("rows_held_back")
+    if args.max_rejected_rows is not None and held_back > args.max_rejected_rows:
+        err.print(f"error: {held_back} rows held back, more than --max-rejected-rows "
+                  f"{args.max_rejected_rows}")
+        return EXIT_REJECTED
+    return EXIT_OK
+
+
+def command_sample(args: argparse.Namespace) -> int:
+    from loader.sample import write_sample
+
+    written = write_sample(args.out, args.rows, args.seed)
+    err.print(f"wrote {args.out}: {written['departments']} departments, {written['jobs']} jobs, "
+              f"{written['hired_employees']} hired employees "
+              f"({len(written['broken_lines'])} broken on purpose)")
+    return EXIT_OK
+
+
+def command_db(args: argparse.Namespace) -> int:
+    from loader.database import database_url, embedded_server
+
+    settings = settings_from(args)
+    if args.db_command == "url":
+        print(database_url(settings))
+    elif args.db_command == "start":
+        err.print(f"running: {embedded_server(settings).start()}")
+    elif settings.database_url:
+        err.print("DATABASE_URL is set: there is no embedded server to stop")
+    else:
+        stopped = embedded_server(settings).stop()
+        err.print("stopped" if stopped else "the embedded server was not running")
+    return EXIT_OK
+
+
+def command_docs(args: argparse.Namespace) -> int:
+    index = settings_from(args).data_docs_dir / "index.html"
+    if not index.exists():
+        err.print(f"no data docs yet at {index}: run `python -m loader run` first")
+        return EXIT_INPUT
+    print(index.as_uri())
+    return EXIT_OK
+
+
+def command_expectations(args: argparse.Namespace) -> int:
+    from loader.gate import write_context
+    from loader.job import EXPECTATIONS_DIR
+
+    write_context(EXPECTATIONS_DIR)
+    err.print(f"wrote the suites and checkpoints in {EXPECTATIONS_DIR}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": command_run, "sample": command_sample, "db": command_db,
+            "docs": command_docs, "expectations": command_expectations}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from loader.database import DatabaseUnavailable
+    from loader.embedded import EmbeddedServerError
+    from loader.read import InputError
+
+    try:
+        return COMMANDS[args.command](args)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        err.print(f"error: invalid setting: {problems}")
+        return EXIT_USAGE
+    except InputError as error:
+        err.print(f"error: {error}")
+        return EXIT_INPUT
+    except (DatabaseUnavailable, EmbeddedServerError) as error:
+        err.print(f"error: {error}")
+        return EXIT_DATABASE
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        err.print(f"error: unexpected {type(error).__name__}: {error}")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

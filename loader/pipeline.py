@@ -1,0 +1,96 @@
+"""The dlt pipeline that lands every input row, as text with its lineage, in `raw.<table>`.
+
+Rows reach dlt as Arrow record batches (no per-row Python dicts) and are loaded with Postgres
+COPY from uncompressed CSV files: BENCHMARKS.md measured gzip as most of the normalize step.
+dlt owns the raw schema and its state tables; nothing here writes DDL for `raw`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import dlt
+import pyarrow as pa
+
+from loader.read import RawBatch
+from loader.tables import Table
+
+PIPELINE_NAME = "loader"
+DATASET = "raw"
+SOURCE = "csv_exports"
+LINEAGE = ("_source_file", "_line_number", "_batch_id", "_run_id", "_decode_error")
+
+dlt.config["normalize.data_writer.disable_compression"] = True
+# Resources are read one after another, in load order: departments and jobs are validated
+# before hired_employees, whose foreign keys need their accepted ids.
+dlt.config["extract.next_item_mode"] = "fifo"
+dlt.config["runtime.log_level"] = "ERROR"
+
+
+def dlt_credentials(url: str) -> str:
+    """dlt requires a password in the URL; a server with trust auth ignores a placeholder."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url
+    user = parts.username or "postgres"
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:unused@{host}"))
+
+
+def arrow_table(table: Table, batches: list[RawBatch], run_id: str) -> pa.Table:
+    """The raw rows of `batches` as one Arrow table: fields as text, then lineage."""
+    rows = sum(batch.rows for batch in batches)
+    columns = {
+        column.name: pa.array(
+            [value for batch in batches for value in batch.values[index]], pa.string()
+        )
+        for index, column in enumerate(table.columns)
+    }
+    columns["_source_file"] = pa.array([b.source for b in batches for _ in range(b.rows)], pa.string())
+    columns["_line_number"] = pa.array([n for b in batches for n in b.line_numbers], pa.int64())
+    columns["_batch_id"] = pa.array([b.batch_id for b in batches for _ in range(b.rows)], pa.string())
+    columns["_run_id"] = pa.repeat(pa.scalar(run_id, pa.string()), rows)
+    columns["_decode_error"] = pa.array([p for b in batches for p in b.decode_errors], pa.string())
+    return pa.table(columns)
+
+
+def raw_resource(table: Table, chunks: Iterable[pa.Table]):
+    """A dlt resource appending Arrow chunks to `raw.<table>`, every column declared as text."""
+    hints = {name: {"data_type": "text"} for name in [*table.column_names, *LINEAGE]}
+    hints["_line_number"] = {"data_type": "bigint"}
+
+    def rows() -> Iterator[pa.Table]:
+        yield from chunks
+
+    return dlt.resource(rows, name=table.name, write_disposition="append", columns=hints)
+
+
+class RawLoader:
+    """Loads the Arrow chunks of all tables into raw in one dlt run (one load package)."""
+
+    def __init__(self, url: str, pipelines_dir: Path):
+        self.pipeline = dlt.pipeline(
+            pipeline_name=PIPELINE_NAME,
+            pipelines_dir=str(pipelines_dir),
+            destination=dlt.destinations.postgres(credentials=dlt_credentials(url)),
+            dataset_name=DATASET,
+        )
+        self.discard()
+
+    def load(self, chunks_by_table: dict[Table, Iterable[pa.Table]]) -> None:
+        """Extract every table (all reading happens here), then normalize and load.
+
+        An exception while extracting leaves nothing in the database.
+        """
+
+        @dlt.source(name=SOURCE)
+        def csv_exports():
+            return [raw_resource(table, chunks) for table, chunks in chunks_by_table.items()]
+
+        self.pipeline.run(csv_exports(), loader_file_format="csv")
+
+    def discard(self) -> None:
+        """Drop extracted packages that will not be loaded (bad input, or a crashed run)."""
+        self.pipeline.drop_pending_packages()

@@ -1,0 +1,160 @@
+"""The validation rules of each table as Great Expectations expectations, derived from the data
+dictionary, and the frame they run on.
+
+GX's vectorised expectations do the judging. Two facts need a helper column first, because no
+built-in expectation computes them: the integer value of a digit string (for the range and
+foreign-key rules) and the UTC instant of a time string (for "a real instant"). Helpers are
+named `<field>__<what>` and every expectation carries `meta.field` and `meta.rule`, so a
+failure is reported against the field the user wrote, in words.
+"""
+
+from __future__ import annotations
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import pandas as pd
+from great_expectations.expectations.row_conditions import Column as RowColumn
+
+from loader.read import RawBatch
+from loader.tables import POSTGRES_INTEGER_MAX, Table
+
+MAX_BATCH_ROWS = 1000
+ASCII_DIGITS = r"^[0-9]+$"
+# An ISO-8601 instant: calendar date, 'T', time, optional fraction, and a zone (Z or ±hh[:]mm).
+# A time without a zone is refused: the source promises UTC, and guessing would move hires
+# between quarters when the guess is wrong.
+ISO_INSTANT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:?[0-9]{2})$"
+
+LINE = "line_number"
+BATCH = "batch_id"
+DECODE_ERROR = "decode_error"
+BATCH_ROWS = "batch_rows"
+
+
+def integer_helper(column: str) -> str:
+    return f"{column}__as_integer"
+
+
+def instant_helper(column: str) -> str:
+    return f"{column}__as_utc"
+
+
+def shape_helper(column: str) -> str:
+    return f"{column}__is_iso_8601"
+
+
+def known_ids_parameter(table_name: str) -> str:
+    return f"known_{table_name}_ids"
+
+
+def _meta(field: str, rule: str) -> dict:
+    return {"field": field, "rule": rule}
+
+
+def expectations_for(table: Table) -> list[gxe.Expectation]:
+    """Every rule of `table`, in the order a reader would check them."""
+    rules: list[gxe.Expectation] = [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=1, meta=_meta("*", "a batch has at least one row")
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=BATCH_ROWS, min_value=1, max_value=MAX_BATCH_ROWS,
+            meta=_meta("*", f"a batch has 1 to {MAX_BATCH_ROWS} rows"),
+        ),
+        gxe.ExpectColumnValuesToBeNull(
+            column=DECODE_ERROR, meta=_meta("*", "the line is UTF-8 text without NUL bytes")
+        ),
+    ]
+    for column in table.columns:
+        rules.append(
+            gxe.ExpectColumnValuesToNotBeNull(
+                column=column.name, meta=_meta(column.name, "required: present and non-empty")
+            )
+        )
+        if column.kind == "integer":
+            rules += [
+                gxe.ExpectColumnValuesToMatchRegex(
+                    column=column.name, regex=ASCII_DIGITS,
+                    meta=_meta(column.name, "an integer written in plain ASCII digits"),
+                ),
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=integer_helper(column.name), min_value=1,
+                    max_value=POSTGRES_INTEGER_MAX,
+                    meta=_meta(column.name, f"between 1 and {POSTGRES_INTEGER_MAX}"),
+                ),
+            ]
+        if column.kind == "timestamp":
+            rules += [
+                gxe.ExpectColumnValuesToMatchRegex(
+                    column=column.name, regex=ISO_INSTANT,
+                    meta=_meta(column.name, "ISO-8601 date and time with a zone (Z or +hh:mm)"),
+                ),
+                gxe.ExpectColumnValuesToNotBeNull(
+                    column=instant_helper(column.name),
+                    row_condition=RowColumn(shape_helper(column.name)) == True,  # noqa: E712
+                    meta=_meta(column.name, "a real instant (the day and time exist)"),
+                ),
+            ]
+        if column.references:
+            rules.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=integer_helper(column.name),
+                    value_set={"$PARAMETER": known_ids_parameter(column.references)},
+                    meta=_meta(column.name, f"exists in {column.references}"),
+                )
+            )
+    rules.append(
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=[BATCH, integer_helper(table.primary_key)],
+            ignore_row_if="any_value_is_missing",
+            meta=_meta(table.primary_key, f"{table.primary_key} unique within the batch"),
+        )
+    )
+    return rules
+
+
+def suite_for(table: Table) -> gx.ExpectationSuite:
+    return gx.ExpectationSuite(
+        name=table.name,
+        expectations=expectations_for(table),
+        meta={"notes": f"Derived from loader/tables.py ({table.name}); regenerate, do not edit."},
+    )
+
+
+def _as_integer(values: pd.Series) -> pd.Series:
+    """Digit strings as numbers; anything else null (its own rule reports it)."""
+    digits = values.where(values.str.fullmatch(ASCII_DIGITS[1:-1]).fillna(False).astype(bool))
+    digits = digits.str.lstrip("0").replace("", "0")
+    # More than 10 significant digits is out of PostgreSQL's integer range whatever they are.
+    digits = digits.where(digits.isna() | (digits.str.len() <= 10), str(POSTGRES_INTEGER_MAX + 1))
+    return pd.to_numeric(digits, errors="coerce").astype("Int64")
+
+
+def _as_utc(values: pd.Series) -> pd.Series:
+    return pd.to_datetime(values, format="ISO8601", utc=True, errors="coerce")
+
+
+def validation_frame(table: Table, batches: list[RawBatch]) -> pd.DataFrame:
+    """One frame of many batches: the fields as text, lineage, and the helper columns."""
+    frame = pd.DataFrame(
+        {
+            column.name: pd.Series(
+                [value for batch in batches for value in batch.values[index]], dtype="string"
+            )
+            for index, column in enumerate(table.columns)
+        }
+    )
+    frame[LINE] = [line for batch in batches for line in batch.line_numbers]
+    frame[BATCH] = [batch.batch_id for batch in batches for _ in range(batch.rows)]
+    frame[BATCH_ROWS] = [batch.rows for batch in batches for _ in range(batch.rows)]
+    frame[DECODE_ERROR] = pd.Series(
+        [problem for batch in batches for problem in batch.decode_errors], dtype="string"
+    )
+    for column in table.columns:
+        if column.kind == "integer":
+            frame[integer_helper(column.name)] = _as_integer(frame[column.name])
+        if column.kind == "timestamp":
+            shaped = frame[column.name].str.fullmatch(ISO_INSTANT[1:-1]).fillna(False).astype(bool)
+            frame[shape_helper(column.name)] = shaped
+            frame[instant_helper(column.name)] = _as_utc(frame[column.name].where(shaped))
+    return frame

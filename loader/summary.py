@@ -1,0 +1,112 @@
+"""The run summary: counts per table and in total, top rejection reasons, stage times; as JSON
+for machines (the run's log folder and `audit.runs`) and as a table for people."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from loader.promote import PARTIAL, PROMOTED, REJECTED, Settlement
+
+
+@dataclass
+class TableSummary:
+    """What one table's file went through."""
+
+    table: str
+    source: str
+    lines: int = 0
+    blank_lines: int = 0
+    rows_read: int = 0
+    batches_read: int = 0
+    batches_promoted: int = 0
+    batches_partially_promoted: int = 0
+    batches_rejected: int = 0
+    batches_skipped: int = 0
+    rows_skipped: int = 0
+    rows_promoted: int = 0
+    rows_held_back: int = 0
+    rows_failing: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, settlement: Settlement) -> None:
+        self.batches_promoted += settlement.status == PROMOTED
+        self.batches_partially_promoted += settlement.status == PARTIAL
+        self.batches_rejected += settlement.status == REJECTED
+        self.rows_promoted += settlement.rows_promoted
+        self.rows_held_back += settlement.rows_rejected
+        self.rows_failing += len(settlement.rejected_rows)
+        for reason in settlement.reasons:
+            key = f"{reason['field']}: {reason['rule']}"
+            self.reasons[key] = self.reasons.get(key, 0) + (reason["rows"] or 1)
+
+
+@dataclass
+class RunSummary:
+    """The whole run; `status` is 'completed' or 'failed'."""
+
+    run_id: str
+    input: str
+    batch_size: int
+    policy: str
+    tables: list[TableSummary] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    status: str = "completed"
+    log_dir: str = ""
+    data_docs: str = ""
+    marts: dict = field(default_factory=dict)
+
+    def total(self, name: str) -> int:
+        return sum(getattr(table, name) for table in self.tables)
+
+    def top_reasons(self, limit: int = 5) -> list[tuple[str, int]]:
+        reasons: Counter = Counter()
+        for table in self.tables:
+            reasons.update({f"{table.table}.{key}": count for key, count in table.reasons.items()})
+        return reasons.most_common(limit)
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        for table in data["tables"]:
+            table["reasons"] = dict(Counter(table["reasons"]).most_common())
+        names = [name for name in TableSummary.__dataclass_fields__ if name not in
+                 ("table", "source", "reasons")]
+        data["totals"] = {name: self.total(name) for name in names}
+        data["top_reasons"] = [{"reason": r, "rows": n} for r, n in self.top_reasons()]
+        return data
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.as_dict(), indent=2))
+
+    def render(self, console: Console) -> None:
+        """Print the summary table, the top reasons and where to look next."""
+        grid = RichTable(title=f"Run {self.run_id} ({self.policy}, batches of {self.batch_size})")
+        columns = {"rows read": "rows_read", "promoted": "rows_promoted",
+                   "held back": "rows_held_back", "failing": "rows_failing",
+                   "skipped": "rows_skipped", "batches": "batches_read",
+                   "b. promoted": "batches_promoted", "b. partial": "batches_partially_promoted",
+                   "b. rejected": "batches_rejected", "b. skipped": "batches_skipped",
+                   "blank lines": "blank_lines"}
+        grid.add_column("table")
+        for header in columns:
+            grid.add_column(header, justify="right")
+        for table in self.tables:
+            grid.add_row(table.table, *(str(getattr(table, name)) for name in columns.values()))
+        grid.add_row("total", *(str(self.total(name)) for name in columns.values()), style="bold")
+        console.print(grid)
+        console.print("  rows: read = promoted + held back (failing rows are among the held back); "
+                      "skipped = in batches settled by an earlier run")
+        for reason, rows in self.top_reasons():
+            console.print(f"  rejected: {rows:>7} × {reason}")
+        times = ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in self.seconds.items())
+        console.print(f"  time: {times}")
+        if self.marts:
+            console.print("  marts: " + ", ".join(f"{k} {v} rows" for k, v in self.marts.items()))
+        console.print(f"  logs: {self.log_dir}")
+        console.print(f"  data docs: {self.data_docs}")
