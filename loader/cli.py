@@ -19,7 +19,7 @@ from rich.console import Console
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_DATABASE, EXIT_REJECTED, EXIT_DBT = range(7)
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def batch_size(text: str) -> int:

@@ -74,15 +74,16 @@ class LoadJob:
         self.settings = settings
         self.progress = progress or (lambda table, rows: None)
         self.run_id = new_run_id()
-        self.seconds = {"read": 0.0, "validate": 0.0, "raw load": 0.0, "promote": 0.0}
+        self.seconds = {"read": 0.0, "validate": 0.0, "raw load": 0.0, "promote": 0.0,
+                        "data docs": 0.0}
+        self.gate = Gate(EXPECTATIONS_DIR, settings.gx_state_dir)
 
     def run(self) -> RunSummary:
         settings = self.settings
         files = input_files(settings.input_dir)
         url = database_url(settings)
         summary = RunSummary(self.run_id, str(settings.input_dir), settings.batch_size,
-                             settings.policy, log_dir=str(self.log_dir),
-                             data_docs=str(settings.data_docs_dir / "index.html"))
+                             settings.policy, log_dir=str(self.log_dir))
         with connect(url, autocommit=True) as conn:
             ensure_schemas(conn)
             self._record_start(conn)
@@ -91,6 +92,9 @@ class LoadJob:
                 for item in work:
                     summary.tables.append(item.summary)
                 self._settle(conn, work)
+                started = time.perf_counter()
+                summary.data_docs = str(self.gate.build_docs())
+                self.seconds["data docs"] = time.perf_counter() - started
             except BaseException as error:
                 summary.status = "failed"
                 self._record_end(conn, summary, error)
@@ -111,7 +115,7 @@ class LoadJob:
             name: [row[0] for row in conn.execute(f'select id from core."{name}"')]
             for name in referenced
         }
-        gate = Gate(EXPECTATIONS_DIR, self.settings.gx_state_dir)
+        gate = self.gate
         raw = RawLoader(url, self.settings.dlt_dir)
         work = [TableWork(table, TableSummary(table.name, str(files[table.name])), [], {})
                 for table in TABLES]

@@ -23,7 +23,9 @@ ASCII_DIGITS = r"^[0-9]+$"
 # An ISO-8601 instant: calendar date, 'T', time, optional fraction, and a zone (Z or ±hh[:]mm).
 # A time without a zone is refused: the source promises UTC, and guessing would move hires
 # between quarters when the guess is wrong.
-ISO_INSTANT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:?[0-9]{2})$"
+ISO_INSTANT = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:?[0-9]{2})$"
+)
 
 LINE = "line_number"
 BATCH = "batch_id"

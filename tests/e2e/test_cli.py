@@ -1,0 +1,121 @@
+"""`python -m loader` as a user drives it: real subprocesses, exit codes, messages, database."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from tests.conftest import REPO
+
+
+def loader(*args, env=None, cwd=None):
+    environment = {**os.environ, **(env or {})}
+    environment.pop("LOADER_INPUT_DIR", None)
+    return subprocess.run([sys.executable, "-m", "loader", *args], capture_output=True, text=True,
+                          env=environment, cwd=cwd or REPO, timeout=600)
+
+
+@pytest.fixture()
+def env(database_url, tmp_path):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for schema in ("core", "audit", "raw"):
+            conn.execute(f"drop schema if exists {schema} cascade")
+    return {"DATABASE_URL": database_url, "LOADER_STATE_DIR": str(tmp_path / "state")}
+
+
+def assert_one_clean_line(result):
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("size", ["0", "1001", "ten"])
+def test_batch_size_outside_1_to_1000_is_refused_with_exit_2(size, tmp_path):
+    result = loader("run", "--batch-size", size, env={"LOADER_STATE_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert "--batch-size" in result.stderr
+    assert not (tmp_path / "pgdata").exists(), "nothing started, nothing written"
+
+
+@pytest.mark.database
+def test_run_loads_the_bundled_sample_and_prints_the_summary(env):
+    result = loader("run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "hired_employees" in result.stdout and "total" in result.stdout
+    assert "data docs:" in result.stdout
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        assert conn.execute("select count(*) from core.departments").fetchone()[0] == 12
+
+
+@pytest.mark.database
+def test_json_summary_and_max_rejected_rows_give_a_distinct_exit_status(env):
+    result = loader("run", "--json", "--max-rejected-rows", "0", env=env)
+    assert result.returncode == 5
+    summary = json.loads(result.stdout)
+    assert summary["totals"]["rows_held_back"] > 0
+    assert "more than --max-rejected-rows 0" in result.stderr
+    again = loader("run", "--json", "--max-rejected-rows", "100000", env=env)
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["totals"]["batches_skipped"] > 0
+
+
+@pytest.mark.database
+def test_missing_file_is_one_clear_line_and_exit_3(env, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "departments.csv").write_text("1,Sales\n")
+    result = loader("run", "--input", str(folder), env=env)
+    assert result.returncode == 3
+    assert_one_clean_line(result)
+    assert "jobs.csv: file not found" in result.stderr
+
+
+@pytest.mark.database
+def test_four_columns_on_one_line_names_file_and_line_and_writes_nothing(env, tmp_path):
+    folder = tmp_path / "in"
+    shutil.copytree(REPO / "loader" / "sample_data", folder)
+    lines = (folder / "hired_employees.csv").read_bytes().split(b"\r\n")
+    lines[41] = b"42,Ann,2021-01-01T00:00:00Z,1"
+    (folder / "hired_employees.csv").write_bytes(b"\r\n".join(lines))
+    result = loader("run", "--input", str(folder), env=env)
+    assert result.returncode == 3
+    assert_one_clean_line(result)
+    assert "hired_employees.csv, line 42: expected 5 fields" in result.stderr
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        assert conn.execute("select count(*) from core.departments").fetchone()[0] == 0
+        assert conn.execute("select to_regclass('raw.departments')").fetchone()[0] is None
+
+
+def test_unreachable_database_is_one_line_with_the_password_hidden(tmp_path):
+    url = "postgresql://someone:s3cret@127.0.0.1:9/nowhere"
+    result = loader("run", env={"DATABASE_URL": url, "LOADER_STATE_DIR": str(tmp_path)})
+    assert result.returncode == 4
+    assert_one_clean_line(result)
+    assert "someone:***@127.0.0.1:9/nowhere" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_sample_is_deterministic(tmp_path):
+    for name in ("a", "b"):
+        assert loader("sample", "--rows", "500", "--out", str(tmp_path / name)).returncode == 0
+    for file in ("departments.csv", "jobs.csv", "hired_employees.csv"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+
+def test_embedded_default_runs_stays_up_for_other_tools_and_stops(tmp_path):
+    env = {"LOADER_STATE_DIR": str(tmp_path / "state"), "DATABASE_URL": ""}
+    result = loader("run", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    url = loader("db", "url", env=env).stdout.strip()
+    assert url.startswith("postgresql://postgres@127.0.0.1:")
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select count(*) from core.jobs").fetchone()[0] == 120
+    stopped = loader("db", "stop", env=env)
+    assert stopped.returncode == 0 and "stopped" in stopped.stderr
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=3)

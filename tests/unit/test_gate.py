@@ -1,0 +1,123 @@
+"""The Great Expectations gate: real checkpoints from expectations/, verdicts per batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loader.gate import Gate
+from loader.job import EXPECTATIONS_DIR
+from loader.read import RawBatch
+from loader.rules import suite_for
+from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES, TABLES
+
+GOOD = ["7", "Ana Silva", "2021-03-01T10:00:00Z", "1", "1"]
+KNOWN = {"departments": [1, 2], "jobs": [1]}
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory):
+    return Gate(EXPECTATIONS_DIR, tmp_path_factory.mktemp("gx"))
+
+
+def batch_of(rows, batch_id="b1", first_line=1, table=HIRED_EMPLOYEES, decode_errors=None):
+    lines = list(range(first_line, first_line + len(rows)))
+    values = [list(column) for column in zip(*rows)] if rows else [[] for _ in table.columns]
+    return RawBatch(table.name, "test.csv", first_line, batch_id, lines, values,
+                    decode_errors or [None] * len(rows))
+
+
+def failures_of(gate, row, known=KNOWN):
+    verdict = gate.check(HIRED_EMPLOYEES, [batch_of([row])], known)["b1"]
+    return {(f.field, f.rule) for found in verdict.failing_rows.values() for f in found}
+
+
+def test_a_clean_row_passes(gate):
+    assert failures_of(gate, GOOD) == set()
+
+
+@pytest.mark.parametrize("bad_id", ["١", "１", "1_000", "+1", "-1", "1.0", "0", "2147483648",
+                                    "99999999999999999999"])
+def test_ids_must_be_plain_ascii_digits_within_postgres_integer(gate, bad_id):
+    found = failures_of(gate, [bad_id, *GOOD[1:]])
+    assert found and all(field == "id" for field, _ in found)
+
+
+def test_largest_postgres_integer_and_leading_zeros_are_accepted(gate):
+    assert failures_of(gate, ["2147483647", *GOOD[1:]]) == set()
+    assert failures_of(gate, ["007", *GOOD[1:]]) == set()
+
+
+@pytest.mark.parametrize("when", ["2021-13-01T00:00:00Z", "2021-02-31T00:00:00Z",
+                                  "2021-04-31T10:00:00Z", "2021-03-01T25:00:00Z",
+                                  "2021-03-01T10:00:00", "2021-03-01", "01/03/2021 10:00",
+                                  "yesterday"])
+def test_datetime_must_be_a_real_iso_8601_instant_with_a_zone(gate, when):
+    found = failures_of(gate, [*GOOD[:2], when, *GOOD[3:]])
+    assert found and all(field == "datetime" for field, _ in found)
+    assert len(found) == 1, "a malformed time is reported once"
+
+
+@pytest.mark.parametrize("when", ["2021-03-01T10:00:00+05:30", "2021-03-01T10:00:00.123456Z",
+                                  "2024-02-29T23:59:59-0300"])
+def test_datetime_with_offset_or_fraction_passes(gate, when):
+    assert failures_of(gate, [*GOOD[:2], when, *GOOD[3:]]) == set()
+
+
+@pytest.mark.parametrize("position", range(5))
+def test_every_field_is_required(gate, position):
+    row = list(GOOD)
+    row[position] = None
+    assert (HIRED_EMPLOYEES.columns[position].name, "required: present and non-empty") in \
+        failures_of(gate, row)
+
+
+def test_foreign_keys_must_exist_among_known_ids(gate):
+    assert failures_of(gate, [*GOOD[:3], "3", "1"]) == {("department_id", "exists in departments")}
+    assert failures_of(gate, [*GOOD[:4], "2"]) == {("job_id", "exists in jobs")}
+
+
+def test_ids_must_be_unique_within_a_batch_but_not_across_batches(gate):
+    twice = gate.check(HIRED_EMPLOYEES, [batch_of([GOOD, GOOD])], KNOWN)["b1"]
+    assert sorted(twice.failing_rows) == [1, 2]
+    apart = gate.check(HIRED_EMPLOYEES, [batch_of([GOOD], "a", 1), batch_of([GOOD], "b", 2)], KNOWN)
+    assert all(verdict.passed for verdict in apart.values())
+
+
+def test_a_row_with_bad_bytes_is_rejected(gate):
+    batch = batch_of([GOOD], decode_errors=["NUL byte"])
+    verdict = gate.check(HIRED_EMPLOYEES, [batch], KNOWN)["b1"]
+    assert verdict.failing_rows[1][0].rule == "the line is UTF-8 text without NUL bytes"
+
+
+def test_an_empty_batch_does_not_pass(gate):
+    verdict = gate.check(DEPARTMENTS, [batch_of([], table=DEPARTMENTS)], {})["b1"]
+    assert not verdict.passed
+    assert verdict.batch_failures[0].rule == "a batch has at least one row"
+
+
+def test_failing_rows_are_mapped_back_to_their_own_batch(gate):
+    first = batch_of([GOOD, ["9", None, *GOOD[2:]]], "first", 1)
+    second = batch_of([["8", *GOOD[1:]]], "second", 3)
+    verdicts = gate.check(HIRED_EMPLOYEES, [first, second], KNOWN)
+    assert list(verdicts["first"].failing_rows) == [2]
+    assert verdicts["second"].passed
+
+
+def test_every_validation_is_stored_for_the_data_docs(tmp_path):
+    gate = Gate(EXPECTATIONS_DIR, tmp_path)
+    gate.check(DEPARTMENTS, [batch_of([["1", "Sales"]], table=DEPARTMENTS)], {})
+    assert (tmp_path / "data_docs" / "index.html").exists()
+    assert list((tmp_path / "validations" / "departments").rglob("*.json"))
+
+
+@pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
+def test_committed_suites_match_the_data_dictionary(table):
+    committed = json.loads((EXPECTATIONS_DIR / "expectations" / f"{table.name}.json").read_text())
+    derived = suite_for(table).to_json_dict()
+
+    def rules(suite):
+        return [(e["type"], e["kwargs"], e.get("meta")) for e in suite["expectations"]]
+
+    assert rules(committed) == rules(derived), "run `python -m loader expectations` and commit"
