@@ -11,21 +11,23 @@ whose failures cannot be pinned to rows rejects every batch it saw. No SQL here.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import great_expectations as gx
 
-from loader.read import RawBatch
-from loader.rules import LINE, known_ids_parameter, suite_for, validation_frame
-from loader.tables import TABLES, Table
+import pyarrow as pa
+
+from loader.rules import known_ids_parameter, suite_for, validation_frame
+from loader.tables import BATCH_ID, LINE_NUMBER, TABLES, Table
 
 DATASOURCE = "batches"
 BATCH_DEFINITION = "rows"
 STATE_VARIABLE = "LOADER_GX_STATE_DIR"
 RESULT_FORMAT = {
     "result_format": "COMPLETE",
-    "unexpected_index_column_names": [LINE],
+    "unexpected_index_column_names": [LINE_NUMBER],
     "return_unexpected_index_query": False,
 }
 
@@ -74,7 +76,7 @@ def write_context(context_dir: Path) -> None:
     for folder in ("checkpoints", "validation_definitions", "expectations"):
         for generated in (context_dir / folder).glob("*.json"):
             generated.unlink()
-    context = open_context(context_dir, Path("/tmp"))
+    context = open_context(context_dir, Path(tempfile.mkdtemp()))
     if DATASOURCE in context.data_sources.all():
         context.data_sources.delete(DATASOURCE)
     source = context.data_sources.add_pandas(DATASOURCE)
@@ -111,22 +113,23 @@ class Gate:
         return Path(self.context.get_docs_sites_urls()[0]["site_url"].removeprefix("file://"))
 
     def check(
-        self, table: Table, batches: list[RawBatch], known_ids: dict[str, list[int]]
+        self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
     ) -> dict[str, Verdict]:
-        """Run the table's checkpoint over `batches`; return a verdict per batch id.
+        """Run the table's checkpoint over a chunk of batches; return a verdict per batch id.
 
         Args:
             table: the table the batches hold.
-            batches: whole batches, any number (one validation for all).
+            chunk: the raw rows of whole batches, with lineage (see `read.to_arrow`).
+            batch_ids: the batches in the chunk, including any without rows.
             known_ids: for each referenced table, the ids a row may point at.
         """
-        frame = validation_frame(table, batches)
+        frame = validation_frame(table, chunk)
         parameters = {known_ids_parameter(name): ids for name, ids in known_ids.items()}
         result = self.context.checkpoints.get(table.name).run(
             batch_parameters={"dataframe": frame}, expectation_parameters=parameters
         )
-        verdicts = {batch.batch_id: Verdict(batch.batch_id) for batch in batches}
-        batch_of_line = dict(zip(frame[LINE].tolist(), frame["batch_id"].tolist()))
+        verdicts = {batch_id: Verdict(batch_id) for batch_id in batch_ids}
+        batch_of_line = dict(zip(frame[LINE_NUMBER].tolist(), frame[BATCH_ID].tolist()))
         self.validated += list(result.run_results)
         for validation in result.run_results.values():
             for outcome in validation.results:
@@ -141,8 +144,9 @@ class Gate:
                 rows = outcome.result.get("unexpected_index_list")
                 if rows:
                     for row in rows:
-                        verdict = verdicts[batch_of_line[int(row[LINE])]]
-                        verdict.failing_rows.setdefault(int(row[LINE]), []).append(failure)
+                        line = int(row[LINE_NUMBER])
+                        verdicts[batch_of_line[line]].failing_rows.setdefault(line, []).append(
+                            failure)
                 else:
                     for verdict in verdicts.values():
                         verdict.batch_failures.append(failure)

@@ -21,9 +21,9 @@ import pyarrow as pa
 
 from loader.database import connect, database_url, ensure_schemas
 from loader.gate import Gate, Verdict
-from loader.pipeline import RawLoader, arrow_table
+from loader.pipeline import RawLoader
 from loader.promote import PROMOTED, BatchInfo, Promoter
-from loader.read import InputError, RawBatch, ReadCounts, read_batches
+from loader.read import InputError, RawBatch, ReadCounts, read_batches, to_arrow
 from loader.settings import Settings
 from loader.summary import RunSummary, TableSummary
 from loader.tables import TABLES, Table
@@ -160,10 +160,11 @@ class LoadJob:
 
     def _validated(self, item: TableWork, batches: list[RawBatch], known: dict[str, list[int]],
                    gate: Gate) -> pa.Table:
+        chunk = to_arrow(item.table, batches, self.run_id)
         started = time.perf_counter()
         referenced = {column.references: known[column.references]
                       for column in item.table.foreign_keys}
-        verdicts = gate.check(item.table, batches, referenced)
+        verdicts = gate.check(item.table, chunk, [batch.batch_id for batch in batches], referenced)
         self.seconds["validate"] += time.perf_counter() - started
         item.verdicts.update(verdicts)
         for batch in batches:
@@ -173,7 +174,7 @@ class LoadJob:
                 known[item.table.name] += accepted_ids(
                     item.table, batch, verdicts[batch.batch_id], self.settings.policy)
         item.summary.batches_read += len(batches)
-        return arrow_table(item.table, batches, self.run_id)
+        return chunk
 
     def _settle(self, conn: psycopg.Connection, work: list[TableWork]) -> None:
         started = time.perf_counter()

@@ -14,13 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 import dlt
 import pyarrow as pa
 
-from loader.read import RawBatch
-from loader.tables import Table
+from loader.tables import LINE_NUMBER, LINEAGE, Table
 
 PIPELINE_NAME = "loader"
 DATASET = "raw"
 SOURCE = "csv_exports"
-LINEAGE = ("_source_file", "_line_number", "_batch_id", "_run_id", "_decode_error")
 
 dlt.config["normalize.data_writer.disable_compression"] = True
 # Resources are read one after another, in load order: departments and jobs are validated
@@ -39,27 +37,10 @@ def dlt_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:unused@{host}"))
 
 
-def arrow_table(table: Table, batches: list[RawBatch], run_id: str) -> pa.Table:
-    """The raw rows of `batches` as one Arrow table: fields as text, then lineage."""
-    rows = sum(batch.rows for batch in batches)
-    columns = {
-        column.name: pa.array(
-            [value for batch in batches for value in batch.values[index]], pa.string()
-        )
-        for index, column in enumerate(table.columns)
-    }
-    columns["_source_file"] = pa.array([b.source for b in batches for _ in range(b.rows)], pa.string())
-    columns["_line_number"] = pa.array([n for b in batches for n in b.line_numbers], pa.int64())
-    columns["_batch_id"] = pa.array([b.batch_id for b in batches for _ in range(b.rows)], pa.string())
-    columns["_run_id"] = pa.repeat(pa.scalar(run_id, pa.string()), rows)
-    columns["_decode_error"] = pa.array([p for b in batches for p in b.decode_errors], pa.string())
-    return pa.table(columns)
-
-
 def raw_resource(table: Table, chunks: Iterable[pa.Table]):
     """A dlt resource appending Arrow chunks to `raw.<table>`, every column declared as text."""
     hints = {name: {"data_type": "text"} for name in [*table.column_names, *LINEAGE]}
-    hints["_line_number"] = {"data_type": "bigint"}
+    hints[LINE_NUMBER] = {"data_type": "bigint"}
 
     def rows() -> Iterator[pa.Table]:
         yield from chunks
@@ -93,4 +74,4 @@ class RawLoader:
 
     def discard(self) -> None:
         """Drop extracted packages that will not be loaded (bad input, or a crashed run)."""
-        self.pipeline.drop_pending_packages()
+        self.pipeline.abort_packages()

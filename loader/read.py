@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loader.tables import Table
+import pyarrow as pa
+
+from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, RUN_ID, SOURCE_FILE, Table
 
 BOM = b"\xef\xbb\xbf"
 NOT_UTF8 = "bytes that are not UTF-8"
@@ -138,3 +140,24 @@ def read_batches(
         if batch is not None:
             batch.batch_id = batch_id(table.name, batch.first_line, bytes(content))
             yield batch
+
+
+def to_arrow(table: Table, batches: list[RawBatch], run_id: str) -> pa.Table:
+    """Whole batches as one Arrow table: the fields as text, then the lineage columns."""
+
+    def concat(arrays: list[list], kind: pa.DataType) -> pa.Array:
+        return pa.concat_arrays([pa.array(values, kind) for values in arrays])
+
+    def repeat(value, kind: pa.DataType) -> pa.Array:
+        return pa.concat_arrays([pa.repeat(pa.scalar(value(b), kind), b.rows) for b in batches])
+
+    columns = {
+        column.name: concat([batch.values[index] for batch in batches], pa.string())
+        for index, column in enumerate(table.columns)
+    }
+    columns[SOURCE_FILE] = repeat(lambda batch: batch.source, pa.string())
+    columns[LINE_NUMBER] = concat([batch.line_numbers for batch in batches], pa.int64())
+    columns[BATCH_ID] = repeat(lambda batch: batch.batch_id, pa.string())
+    columns[RUN_ID] = repeat(lambda batch: run_id, pa.string())
+    columns[DECODE_ERROR] = concat([batch.decode_errors for batch in batches], pa.string())
+    return pa.table(columns)

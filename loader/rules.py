@@ -15,8 +15,9 @@ import great_expectations.expectations as gxe
 import pandas as pd
 from great_expectations.expectations.row_conditions import Column as RowColumn
 
-from loader.read import RawBatch
-from loader.tables import POSTGRES_INTEGER_MAX, Table
+import pyarrow as pa
+
+from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, POSTGRES_INTEGER_MAX, Table
 
 MAX_BATCH_ROWS = 1000
 ASCII_DIGITS = r"^[0-9]+$"
@@ -27,10 +28,7 @@ ISO_INSTANT = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:?[0-9]{2})$"
 )
 
-LINE = "line_number"
-BATCH = "batch_id"
-DECODE_ERROR = "decode_error"
-BATCH_ROWS = "batch_rows"
+BATCH_ROWS = "_batch_rows"
 
 
 def integer_helper(column: str) -> str:
@@ -107,7 +105,7 @@ def expectations_for(table: Table) -> list[gxe.Expectation]:
             )
     rules.append(
         gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=[BATCH, integer_helper(table.primary_key)],
+            column_list=[BATCH_ID, integer_helper(table.primary_key)],
             ignore_row_if="any_value_is_missing",
             meta=_meta(table.primary_key, f"{table.primary_key} unique within the batch"),
         )
@@ -136,22 +134,10 @@ def _as_utc(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, format="ISO8601", utc=True, errors="coerce")
 
 
-def validation_frame(table: Table, batches: list[RawBatch]) -> pd.DataFrame:
-    """One frame of many batches: the fields as text, lineage, and the helper columns."""
-    frame = pd.DataFrame(
-        {
-            column.name: pd.Series(
-                [value for batch in batches for value in batch.values[index]], dtype="string"
-            )
-            for index, column in enumerate(table.columns)
-        }
-    )
-    frame[LINE] = [line for batch in batches for line in batch.line_numbers]
-    frame[BATCH] = [batch.batch_id for batch in batches for _ in range(batch.rows)]
-    frame[BATCH_ROWS] = [batch.rows for batch in batches for _ in range(batch.rows)]
-    frame[DECODE_ERROR] = pd.Series(
-        [problem for batch in batches for problem in batch.decode_errors], dtype="string"
-    )
+def validation_frame(table: Table, chunk: pa.Table) -> pd.DataFrame:
+    """The frame GX validates: the raw chunk (fields as text, lineage) plus helper columns."""
+    frame = chunk.select([*table.column_names, LINE_NUMBER, BATCH_ID, DECODE_ERROR]).to_pandas()
+    frame[BATCH_ROWS] = frame.groupby(BATCH_ID)[LINE_NUMBER].transform("size")
     for column in table.columns:
         if column.kind == "integer":
             frame[integer_helper(column.name)] = _as_integer(frame[column.name])

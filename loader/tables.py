@@ -11,6 +11,14 @@ from dataclasses import dataclass
 
 POSTGRES_INTEGER_MAX = 2_147_483_647
 
+# Lineage columns every raw row carries next to its fields.
+SOURCE_FILE = "_source_file"
+LINE_NUMBER = "_line_number"
+BATCH_ID = "_batch_id"
+RUN_ID = "_run_id"
+DECODE_ERROR = "_decode_error"
+LINEAGE = (SOURCE_FILE, LINE_NUMBER, BATCH_ID, RUN_ID, DECODE_ERROR)
+
 
 @dataclass(frozen=True)
 class Column:

@@ -8,9 +8,9 @@ import pytest
 
 from loader.gate import Gate
 from loader.job import EXPECTATIONS_DIR
-from loader.read import RawBatch
+from loader.read import RawBatch, to_arrow
 from loader.rules import suite_for
-from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES, TABLES
+from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES, JOBS, TABLES
 
 GOOD = ["7", "Ana Silva", "2021-03-01T10:00:00Z", "1", "1"]
 KNOWN = {"departments": [1, 2], "jobs": [1]}
@@ -28,8 +28,14 @@ def batch_of(rows, batch_id="b1", first_line=1, table=HIRED_EMPLOYEES, decode_er
                     decode_errors or [None] * len(rows))
 
 
+def check(gate, table, batches, known):
+    """The gate over these batches, as the load job calls it."""
+    chunk = to_arrow(table, batches, "run")
+    return gate.check(table, chunk, [batch.batch_id for batch in batches], known)
+
+
 def failures_of(gate, row, known=KNOWN):
-    verdict = gate.check(HIRED_EMPLOYEES, [batch_of([row])], known)["b1"]
+    verdict = check(gate, HIRED_EMPLOYEES, [batch_of([row])], known)["b1"]
     return {(f.field, f.rule) for found in verdict.failing_rows.values() for f in found}
 
 
@@ -79,20 +85,20 @@ def test_foreign_keys_must_exist_among_known_ids(gate):
 
 
 def test_ids_must_be_unique_within_a_batch_but_not_across_batches(gate):
-    twice = gate.check(HIRED_EMPLOYEES, [batch_of([GOOD, GOOD])], KNOWN)["b1"]
+    twice = check(gate, HIRED_EMPLOYEES, [batch_of([GOOD, GOOD])], KNOWN)["b1"]
     assert sorted(twice.failing_rows) == [1, 2]
-    apart = gate.check(HIRED_EMPLOYEES, [batch_of([GOOD], "a", 1), batch_of([GOOD], "b", 2)], KNOWN)
+    apart = check(gate, HIRED_EMPLOYEES, [batch_of([GOOD], "a", 1), batch_of([GOOD], "b", 2)], KNOWN)
     assert all(verdict.passed for verdict in apart.values())
 
 
 def test_a_row_with_bad_bytes_is_rejected(gate):
     batch = batch_of([GOOD], decode_errors=["NUL byte"])
-    verdict = gate.check(HIRED_EMPLOYEES, [batch], KNOWN)["b1"]
+    verdict = check(gate, HIRED_EMPLOYEES, [batch], KNOWN)["b1"]
     assert verdict.failing_rows[1][0].rule == "the line is UTF-8 text without NUL bytes"
 
 
 def test_an_empty_batch_does_not_pass(gate):
-    verdict = gate.check(DEPARTMENTS, [batch_of([], table=DEPARTMENTS)], {})["b1"]
+    verdict = check(gate, DEPARTMENTS, [batch_of([], table=DEPARTMENTS)], {})["b1"]
     assert not verdict.passed
     assert verdict.batch_failures[0].rule == "a batch has at least one row"
 
@@ -100,16 +106,21 @@ def test_an_empty_batch_does_not_pass(gate):
 def test_failing_rows_are_mapped_back_to_their_own_batch(gate):
     first = batch_of([GOOD, ["9", None, *GOOD[2:]]], "first", 1)
     second = batch_of([["8", *GOOD[1:]]], "second", 3)
-    verdicts = gate.check(HIRED_EMPLOYEES, [first, second], KNOWN)
+    verdicts = check(gate, HIRED_EMPLOYEES, [first, second], KNOWN)
     assert list(verdicts["first"].failing_rows) == [2]
     assert verdicts["second"].passed
 
 
-def test_every_validation_is_stored_for_the_data_docs(tmp_path):
+def test_every_validation_is_stored_and_shown_in_the_data_docs(tmp_path):
     gate = Gate(EXPECTATIONS_DIR, tmp_path)
-    gate.check(DEPARTMENTS, [batch_of([["1", "Sales"]], table=DEPARTMENTS)], {})
-    assert (tmp_path / "data_docs" / "index.html").exists()
-    assert list((tmp_path / "validations" / "departments").rglob("*.json"))
+    check(gate, DEPARTMENTS, [batch_of([["1", "Sales"], ["x", "Legal"]], table=DEPARTMENTS)], {})
+    check(gate, JOBS, [batch_of([["1", "Clerk"]], table=JOBS)], {})
+    index = gate.build_docs()
+    assert index == tmp_path / "data_docs" / "index.html"
+    pages = list((tmp_path / "data_docs" / "validations").rglob("*.html"))
+    assert len(pages) == 2
+    departments_page = next(p for p in pages if "departments" in str(p)).read_text()
+    assert "an integer written in plain ASCII digits" in departments_page or "^[0-9]+$" in departments_page
 
 
 @pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
