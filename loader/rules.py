@@ -122,12 +122,15 @@ def suite_for(table: Table) -> gx.ExpectationSuite:
 
 
 def _as_integer(values: pd.Series) -> pd.Series:
-    """Digit strings as numbers; anything else null (its own rule reports it)."""
+    """Digit strings as numbers; anything else NaN (its own rule reports it)."""
     digits = values.where(values.str.fullmatch(ASCII_DIGITS[1:-1]).fillna(False).astype(bool))
     digits = digits.str.lstrip("0").replace("", "0")
     # More than 10 significant digits is out of PostgreSQL's integer range whatever they are.
     digits = digits.where(digits.isna() | (digits.str.len() <= 10), str(POSTGRES_INTEGER_MAX + 1))
-    return pd.to_numeric(digits, errors="coerce").astype("Int64")
+    # float64, not Int64: GX compares native numpy columns vectorised but maps a Python function
+    # over extension dtypes (0.4 s per 100,000 rows for three columns, measured). Every value
+    # here is below 2**53, so it is exact.
+    return pd.to_numeric(digits, errors="coerce").astype("float64")
 
 
 def _as_utc(values: pd.Series) -> pd.Series:

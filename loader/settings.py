@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, alias="LOADER_BATCH_SIZE")
     policy: Policy = Field(default="reject_batch", alias="LOADER_POLICY")
     chunk_rows: int = Field(
-        default=100_000,
+        default=200_000,
         ge=1,
         alias="LOADER_CHUNK_ROWS",
         description="Rows validated in one GX pass (whole batches); bounds memory.",
