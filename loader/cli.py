@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from contextlib import contextmanager
 from importlib.metadata import version
@@ -60,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--max-rejected-rows", type=non_negative, metavar="N",
                      help=f"exit {EXIT_REJECTED} when more than N rows were held back")
     run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    run.add_argument("--skip-marts", action="store_true",
+                     help="do not run `dbt build` at the end (LOADER_BUILD_MARTS=false)")
 
     sample = verbs.add_parser("sample", help="write a deterministic sample set of the three files")
     sample.add_argument("--rows", type=non_negative, default=5000, help="hired_employees rows")
@@ -71,6 +74,11 @@ def parser() -> argparse.ArgumentParser:
     db_verbs.add_parser("url", help="print the connection URL (starts the embedded server)")
     db_verbs.add_parser("start", help="start the embedded server")
     db_verbs.add_parser("stop", help="stop the embedded server")
+    db_verbs.add_parser("env", help="print `export PG...` lines for libpq, psql and dbt")
+    bi_role = db_verbs.add_parser("bi-role", help="create or update a login role that can "
+                                  "read the marts schema and nothing else")
+    bi_role.add_argument("--name", default="bi_reader", help="role name (default bi_reader)")
+    bi_role.add_argument("--password", required=True, help="the role's password")
 
     verbs.add_parser("docs", help="print where the Great Expectations data docs are")
     verbs.add_parser("expectations", help="regenerate the GX suites and checkpoints in "
@@ -85,6 +93,7 @@ def settings_from(args: argparse.Namespace):
         "input_dir": getattr(args, "input", None),
         "batch_size": getattr(args, "batch_size", None),
         "policy": getattr(args, "policy", None),
+        "build_marts": False if getattr(args, "skip_marts", False) else None,
     }
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 
@@ -119,6 +128,9 @@ def command_run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
         summary.render(out)
+    if summary.marts_status == "dbt build failed":
+        err.print("error: dbt build failed: " + "; ".join(summary.marts_failures))
+        return EXIT_DBT
     held_back = summary.total("rows_held_back")
     if args.max_rejected_rows is not None and held_back > args.max_rejected_rows:
         err.print(f"error: {held_back} rows held back, more than --max-rejected-rows "
@@ -138,11 +150,21 @@ def command_sample(args: argparse.Namespace) -> int:
 
 
 def command_db(args: argparse.Namespace) -> int:
-    from loader.database import database_url, embedded_server
+    from loader.database import connect, database_url, embedded_server, libpq_environment, with_user
+    from loader.roles import grant_marts_reader
 
     settings = settings_from(args)
     if args.db_command == "url":
         print(database_url(settings))
+    elif args.db_command == "env":
+        for variable, value in libpq_environment(database_url(settings)).items():
+            print(f"export {variable}={shlex.quote(value)}")
+    elif args.db_command == "bi-role":
+        url = database_url(settings)
+        with connect(url, autocommit=True) as conn:
+            grant_marts_reader(conn, args.name, args.password)
+        err.print(f"role {args.name} can read schema marts and nothing else; connect with "
+                  f"{with_user(url, args.name)}")
     elif args.db_command == "start":
         err.print(f"running: {embedded_server(settings).start()}")
     elif settings.database_url:

@@ -30,6 +30,13 @@ def database_url(settings: Settings) -> str:
     return embedded_server(settings).start()
 
 
+def with_user(url: str, user: str) -> str:
+    """The same server and database as `url`, for another user (password left out)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
 def redact(url: str) -> str:
     """The URL with its password replaced by `***`, fit for messages and logs."""
     parts = urlsplit(url)
@@ -37,6 +44,16 @@ def redact(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+LIBPQ_VARIABLES = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",
+                   "dbname": "PGDATABASE"}
+
+
+def libpq_environment(url: str) -> dict[str, str]:
+    """The PG* variables libpq (and so dbt's profiles.yml) reads, for this URL."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    return {variable: str(info[key]) for key, variable in LIBPQ_VARIABLES.items() if info.get(key)}
 
 
 def connect(url: str, **kwargs) -> psycopg.Connection:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import great_expectations as gx
-
 import pyarrow as pa
 
 from loader.rules import known_ids_parameter, suite_for, validation_frame

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from loader.database import connect, database_url, ensure_schemas
 from loader.gate import Gate, Verdict
+from loader.marts import build_marts
 from loader.pipeline import RawLoader
 from loader.promote import PROMOTED, BatchInfo, Promoter
 from loader.read import InputError, RawBatch, ReadCounts, read_batches, to_arrow
@@ -75,7 +76,7 @@ class LoadJob:
         self.progress = progress or (lambda table, rows: None)
         self.run_id = new_run_id()
         self.seconds = {"read": 0.0, "validate": 0.0, "raw load": 0.0, "promote": 0.0,
-                        "data docs": 0.0}
+                        "data docs": 0.0, "dbt build": 0.0}
         self.gate = Gate(EXPECTATIONS_DIR, settings.gx_state_dir)
 
     def run(self) -> RunSummary:
@@ -95,6 +96,8 @@ class LoadJob:
                 started = time.perf_counter()
                 summary.data_docs = str(self.gate.build_docs())
                 self.seconds["data docs"] = time.perf_counter() - started
+                if settings.build_marts:
+                    self._build_marts(url, summary)
             except BaseException as error:
                 summary.status = "failed"
                 self._record_end(conn, summary, error)
@@ -103,6 +106,13 @@ class LoadJob:
             self._record_end(conn, summary, None)
         summary.write(self.log_dir / "summary.json")
         return summary
+
+    def _build_marts(self, url: str, summary: RunSummary) -> None:
+        started = time.perf_counter()
+        build = build_marts(url, self.settings.state_path)
+        self.seconds["dbt build"] = time.perf_counter() - started
+        summary.marts_status = "rebuilt" if build.success else "dbt build failed"
+        summary.marts, summary.marts_failures = build.rows, build.failures
 
     @property
     def log_dir(self) -> Path:

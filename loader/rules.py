@@ -13,9 +13,8 @@ from __future__ import annotations
 import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
-from great_expectations.expectations.row_conditions import Column as RowColumn
-
 import pyarrow as pa
+from great_expectations.expectations.row_conditions import Column as RowColumn
 
 from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, POSTGRES_INTEGER_MAX, Table
 
@@ -91,7 +90,7 @@ def expectations_for(table: Table) -> list[gxe.Expectation]:
                 ),
                 gxe.ExpectColumnValuesToNotBeNull(
                     column=instant_helper(column.name),
-                    row_condition=RowColumn(shape_helper(column.name)) == True,  # noqa: E712
+                    row_condition=RowColumn(shape_helper(column.name)) == True,
                     meta=_meta(column.name, "a real instant (the day and time exist)"),
                 ),
             ]

@@ -69,7 +69,8 @@ def write_sample(out: Path, rows: int, seed: int = 7, broken_share: float = 0.02
     titles = titles[:120]
     _write(out / "jobs.csv", [f"{i},{title}".encode() for i, title in enumerate(titles, 1)])
 
-    broken_count = max(len(BROKEN_KINDS) + 3, int(rows * broken_share)) if rows >= 100 else 0
+    broken_count = (max(len(BROKEN_KINDS) + 3, int(rows * broken_share))
+                    if rows >= 100 and broken_share > 0 else 0)
     first_broken = int(rows * 0.6)
     hired, broken_lines = [], []
     for index in range(rows):

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
         alias="LOADER_CHUNK_ROWS",
         description="Rows validated in one GX pass (whole batches); bounds memory.",
     )
+    build_marts: bool = Field(
+        default=True,
+        alias="LOADER_BUILD_MARTS",
+        description="End each run with an in-process `dbt build` of the marts.",
+    )
     embedded_port: int | None = Field(
         default=None,
         alias="LOADER_EMBEDDED_PORT",

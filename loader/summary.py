@@ -60,6 +60,8 @@ class RunSummary:
     log_dir: str = ""
     data_docs: str = ""
     marts: dict = field(default_factory=dict)
+    marts_status: str = "not built"
+    marts_failures: list[str] = field(default_factory=list)
 
     def total(self, name: str) -> int:
         return sum(getattr(table, name) for table in self.tables)
@@ -106,7 +108,9 @@ class RunSummary:
             console.print(f"  rejected: {rows:>7} × {reason}")
         times = ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in self.seconds.items())
         console.print(f"  time: {times}")
-        if self.marts:
-            console.print("  marts: " + ", ".join(f"{k} {v} rows" for k, v in self.marts.items()))
+        rows = ", ".join(f"marts.{name} {count} rows" for name, count in self.marts.items())
+        console.print(f"  marts: {self.marts_status}" + (f": {rows}" if rows else ""))
+        for failure in self.marts_failures:
+            console.print(f"    dbt: {failure}")
         console.print(f"  logs: {self.log_dir}")
         console.print(f"  data docs: {self.data_docs}")

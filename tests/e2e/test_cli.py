@@ -17,7 +17,7 @@ from tests.conftest import REPO
 def loader(*args, env=None, cwd=None):
     environment = {**os.environ, **(env or {})}
     environment.pop("LOADER_INPUT_DIR", None)
-    return subprocess.run([sys.executable, "-m", "loader", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "loader", *args], capture_output=True, text=True, check=False,
                           env=environment, cwd=cwd or REPO, timeout=600)
 
 
@@ -48,6 +48,7 @@ def test_run_loads_the_bundled_sample_and_prints_the_summary(env):
     assert result.returncode == 0, result.stderr
     assert "hired_employees" in result.stdout and "total" in result.stdout
     assert "data docs:" in result.stdout
+    assert "marts: rebuilt: marts.hires_by_quarter" in result.stdout
     with psycopg.connect(env["DATABASE_URL"]) as conn:
         assert conn.execute("select count(*) from core.departments").fetchone()[0] == 12
 
@@ -119,3 +120,29 @@ def test_embedded_default_runs_stays_up_for_other_tools_and_stops(tmp_path):
     assert stopped.returncode == 0 and "stopped" in stopped.stderr
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=3)
+
+
+@pytest.mark.database
+def test_dbt_build_and_docs_work_from_the_repo_root_with_db_env(env, tmp_path):
+    assert loader("run", "--skip-marts", env=env).returncode == 0
+    target = tmp_path / "target"
+    script = ('eval "$(python -m loader db env)" && '
+              f"dbt build --target-path {target} --log-path {tmp_path} && "
+              f"dbt docs generate --target-path {target} --log-path {tmp_path}")
+    environment = {**os.environ, **env, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, check=False,
+                            env=environment, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "Completed successfully" in result.stdout
+    assert (target / "index.html").exists() and (target / "catalog.json").exists()
+
+
+@pytest.mark.database
+def test_a_failing_dbt_build_fails_the_run_with_exit_6(env):
+    assert loader("run", env=env).returncode == 0
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("alter table core.jobs rename column job to title")
+    result = loader("run", env=env)
+    assert result.returncode == 6
+    assert "error: dbt build failed" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -46,7 +46,9 @@ def clean(database_url):
 
 
 def run(url, tmp_path, input_dir, **overrides):
-    return LoadJob(settings_for(url, tmp_path / "state", input_dir, **overrides)).run()
+    """The load job without its dbt build (tests/integration/test_marts.py covers that)."""
+    settings = settings_for(url, tmp_path / "state", input_dir, build_marts=False, **overrides)
+    return LoadJob(settings).run()
 
 
 def test_quarantine_promotes_exactly_the_good_rows_and_logs_each_bad_one(clean, tmp_path):
@@ -89,7 +91,7 @@ def test_rows_read_equal_rows_promoted_plus_rows_held_back_in_summary_and_audit(
     summary = run(clean, tmp_path, tmp_path / "in", batch_size=300)
     for table in summary.tables:
         assert table.rows_read == table.rows_promoted + table.rows_held_back
-        assert scalar(clean, "select count(*) from raw.\"%s\"" % table.table) == table.rows_read
+        assert scalar(clean, f'select count(*) from raw."{table.table}"') == table.rows_read
         audited = scalar(clean, "select sum(rows_promoted + rows_rejected) from audit.batches "
                          "where table_name = %s", table.table)
         assert audited == table.rows_read

@@ -1,0 +1,63 @@
+"""Builds the dbt marts in-process (dbt's programmatic runner) and reports what they hold.
+
+dbt reads its connection from profiles.yml at the repo root, which takes libpq's PG* variables;
+they are set here, for this process, from the URL the loader uses, so `dbt build` from a shell
+and the loader's build reach the same database.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from psycopg import sql
+
+from loader.database import LIBPQ_VARIABLES, connect, libpq_environment
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+MARTS = ("hires_by_quarter", "departments_above_mean")
+
+
+@dataclass
+class MartsBuild:
+    """The outcome of one `dbt build`: success, the failing nodes, and rows per mart."""
+
+    success: bool
+    failures: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+def build_marts(url: str, state_dir: Path) -> MartsBuild:
+    """Run `dbt build` on the database at `url`; artefacts and logs go under `state_dir`."""
+    from dbt.cli.main import dbtRunner
+
+    for variable in LIBPQ_VARIABLES.values():
+        os.environ.pop(variable, None)
+    os.environ.update(libpq_environment(url))
+    result = dbtRunner().invoke([
+        "build", "--project-dir", str(PROJECT_DIR), "--profiles-dir", str(PROJECT_DIR),
+        "--target-path", str(state_dir / "dbt" / "target"),
+        "--log-path", str(state_dir / "dbt" / "logs"), "--quiet",
+    ])
+    if result.exception is not None:
+        return MartsBuild(False, [f"dbt could not run: {result.exception}"])
+    failures = [
+        f"{node.node.name}: {node.status}: {_one_line(node.message)}"
+        for node in (result.result or [])
+        if str(node.status) in ("error", "fail", "runtime error")
+    ]
+    build = MartsBuild(bool(result.success) and not failures, failures)
+    if build.success:
+        with connect(url) as conn:
+            for mart in MARTS:
+                build.rows[mart] = conn.execute(
+                    sql.SQL("select count(*) from {}").format(sql.Identifier("marts", mart))
+                ).fetchone()[0]
+    return build
+
+
+def _one_line(message: str | None) -> str:
+    """dbt's multi-line error as one line, cut before the compiled SQL."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith("compiled code"))[:300]
