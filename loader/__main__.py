@@ -1,4 +1,5 @@
 """Entry point of `python -m loader`."""
+
 import sys
 
 from loader.cli import main

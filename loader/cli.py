@@ -52,17 +52,31 @@ def parser() -> argparse.ArgumentParser:
     verbs = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = verbs.add_parser("run", help="load, validate and promote the CSV files")
-    run.add_argument("--input", type=Path, help="folder with departments.csv, jobs.csv, "
-                     "hired_employees.csv (default: the bundled sample, or LOADER_INPUT_DIR)")
+    run.add_argument(
+        "--input",
+        type=Path,
+        help="folder with departments.csv, jobs.csv, "
+        "hired_employees.csv (default: the bundled sample, or LOADER_INPUT_DIR)",
+    )
     run.add_argument("--batch-size", type=batch_size, help="rows per batch, 1..1000 (default 1000)")
-    run.add_argument("--policy", choices=["reject_batch", "quarantine_rows"],
-                     help="reject_batch (default): one failing row holds back its whole batch; "
-                     "quarantine_rows: only failing rows are held back")
-    run.add_argument("--max-rejected-rows", type=non_negative, metavar="N",
-                     help=f"exit {EXIT_REJECTED} when more than N rows were held back")
+    run.add_argument(
+        "--policy",
+        choices=["reject_batch", "quarantine_rows"],
+        help="reject_batch (default): one failing row holds back its whole batch; "
+        "quarantine_rows: only failing rows are held back",
+    )
+    run.add_argument(
+        "--max-rejected-rows",
+        type=non_negative,
+        metavar="N",
+        help=f"exit {EXIT_REJECTED} when more than N rows were held back",
+    )
     run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    run.add_argument("--skip-marts", action="store_true",
-                     help="do not run `dbt build` at the end (LOADER_BUILD_MARTS=false)")
+    run.add_argument(
+        "--skip-marts",
+        action="store_true",
+        help="do not run `dbt build` at the end (LOADER_BUILD_MARTS=false)",
+    )
 
     sample = verbs.add_parser("sample", help="write a deterministic sample set of the three files")
     sample.add_argument("--rows", type=non_negative, default=5000, help="hired_employees rows")
@@ -75,14 +89,18 @@ def parser() -> argparse.ArgumentParser:
     db_verbs.add_parser("start", help="start the embedded server")
     db_verbs.add_parser("stop", help="stop the embedded server")
     db_verbs.add_parser("env", help="print `export PG...` lines for libpq, psql and dbt")
-    bi_role = db_verbs.add_parser("bi-role", help="create or update a login role that can "
-                                  "read the marts schema and nothing else")
+    bi_role = db_verbs.add_parser(
+        "bi-role",
+        help="create or update a login role that can read the marts schema and nothing else",
+    )
     bi_role.add_argument("--name", default="bi_reader", help="role name (default bi_reader)")
     bi_role.add_argument("--password", required=True, help="the role's password")
 
     verbs.add_parser("docs", help="print where the Great Expectations data docs are")
-    verbs.add_parser("expectations", help="regenerate the GX suites and checkpoints in "
-                     "expectations/ from the data dictionary")
+    verbs.add_parser(
+        "expectations",
+        help="regenerate the GX suites and checkpoints in expectations/ from the data dictionary",
+    )
     return root
 
 
@@ -106,8 +124,13 @@ def progress_display():
     if not err.is_terminal:
         yield lambda table, rows: None
         return
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
         tasks: dict[str, int] = {}
 
         def update(table: str, rows: int) -> None:
@@ -133,8 +156,10 @@ def command_run(args: argparse.Namespace) -> int:
         return EXIT_DBT
     held_back = summary.total("rows_held_back")
     if args.max_rejected_rows is not None and held_back > args.max_rejected_rows:
-        err.print(f"error: {held_back} rows held back, more than --max-rejected-rows "
-                  f"{args.max_rejected_rows}")
+        err.print(
+            f"error: {held_back} rows held back, more than --max-rejected-rows "
+            f"{args.max_rejected_rows}"
+        )
         return EXIT_REJECTED
     return EXIT_OK
 
@@ -143,9 +168,11 @@ def command_sample(args: argparse.Namespace) -> int:
     from loader.sample import write_sample
 
     written = write_sample(args.out, args.rows, args.seed)
-    err.print(f"wrote {args.out}: {written['departments']} departments, {written['jobs']} jobs, "
-              f"{written['hired_employees']} hired employees "
-              f"({len(written['broken_lines'])} broken on purpose)")
+    err.print(
+        f"wrote {args.out}: {written['departments']} departments, {written['jobs']} jobs, "
+        f"{written['hired_employees']} hired employees "
+        f"({len(written['broken_lines'])} broken on purpose)"
+    )
     return EXIT_OK
 
 
@@ -163,8 +190,10 @@ def command_db(args: argparse.Namespace) -> int:
         url = database_url(settings)
         with connect(url, autocommit=True) as conn:
             grant_marts_reader(conn, args.name, args.password)
-        err.print(f"role {args.name} can read schema marts and nothing else; connect with "
-                  f"{with_user(url, args.name)}")
+        err.print(
+            f"role {args.name} can read schema marts and nothing else; connect with "
+            f"{with_user(url, args.name)}"
+        )
     elif args.db_command == "start":
         err.print(f"running: {embedded_server(settings).start()}")
     elif settings.database_url:
@@ -193,8 +222,13 @@ def command_expectations(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": command_run, "sample": command_sample, "db": command_db,
-            "docs": command_docs, "expectations": command_expectations}
+COMMANDS = {
+    "run": command_run,
+    "sample": command_sample,
+    "db": command_db,
+    "docs": command_docs,
+    "expectations": command_expectations,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

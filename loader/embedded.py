@@ -80,8 +80,16 @@ class EmbeddedServer:
             ) from error
         if fresh:
             subprocess.run(
-                [str(POSTGRES_BIN_PATH / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                 "-U", "postgres", DATABASE_NAME],
+                [
+                    str(POSTGRES_BIN_PATH / "createdb"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    DATABASE_NAME,
+                ],
                 check=True,
                 capture_output=True,
             )

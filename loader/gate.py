@@ -145,7 +145,8 @@ class Gate:
                     for row in rows:
                         line = int(row[LINE_NUMBER])
                         verdicts[batch_of_line[line]].failing_rows.setdefault(line, []).append(
-                            failure)
+                            failure
+                        )
                 else:
                     for verdict in verdicts.values():
                         verdict.batch_failures.append(failure)

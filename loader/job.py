@@ -55,7 +55,9 @@ def input_files(input_dir: Path) -> dict[str, Path]:
     files = {table.name: input_dir / table.file_name for table in TABLES}
     for path in files.values():
         if not path.is_file():
-            raise InputError(f"{path}: file not found (expected {', '.join(t.file_name for t in TABLES)})")
+            raise InputError(
+                f"{path}: file not found (expected {', '.join(t.file_name for t in TABLES)})"
+            )
     return files
 
 
@@ -64,8 +66,9 @@ def accepted_ids(table: Table, batch: RawBatch, verdict: Verdict, policy: str) -
     if verdict.batch_failures or (policy == "reject_batch" and verdict.failing_rows):
         return []
     keys = batch.values[table.column_names.index(table.primary_key)]
-    return [int(key) for line, key in zip(batch.line_numbers, keys)
-            if line not in verdict.failing_rows]
+    return [
+        int(key) for line, key in zip(batch.line_numbers, keys) if line not in verdict.failing_rows
+    ]
 
 
 class LoadJob:
@@ -75,16 +78,27 @@ class LoadJob:
         self.settings = settings
         self.progress = progress or (lambda table, rows: None)
         self.run_id = new_run_id()
-        self.seconds = {"read": 0.0, "validate": 0.0, "raw load": 0.0, "promote": 0.0,
-                        "data docs": 0.0, "dbt build": 0.0}
+        self.seconds = {
+            "read": 0.0,
+            "validate": 0.0,
+            "raw load": 0.0,
+            "promote": 0.0,
+            "data docs": 0.0,
+            "dbt build": 0.0,
+        }
         self.gate = Gate(EXPECTATIONS_DIR, settings.gx_state_dir)
 
     def run(self) -> RunSummary:
         settings = self.settings
         files = input_files(settings.input_dir)
         url = database_url(settings)
-        summary = RunSummary(self.run_id, str(settings.input_dir), settings.batch_size,
-                             settings.policy, log_dir=str(self.log_dir))
+        summary = RunSummary(
+            self.run_id,
+            str(settings.input_dir),
+            settings.batch_size,
+            settings.policy,
+            log_dir=str(self.log_dir),
+        )
         with connect(url, autocommit=True) as conn:
             ensure_schemas(conn)
             self._record_start(conn)
@@ -127,12 +141,18 @@ class LoadJob:
         }
         gate = self.gate
         raw = RawLoader(url, self.settings.dlt_dir)
-        work = [TableWork(table, TableSummary(table.name, str(files[table.name])), [], {})
-                for table in TABLES]
+        work = [
+            TableWork(table, TableSummary(table.name, str(files[table.name])), [], {})
+            for table in TABLES
+        ]
         started = time.perf_counter()
         try:
-            raw.load({item.table: self._chunks(item, files[item.table.name], settled, known, gate)
-                      for item in work})
+            raw.load(
+                {
+                    item.table: self._chunks(item, files[item.table.name], settled, known, gate)
+                    for item in work
+                }
+            )
         except BaseException as error:
             raw.discard()
             cause = _input_error_in(error)
@@ -143,8 +163,14 @@ class LoadJob:
         self.seconds["read"] -= self.seconds["validate"]
         return work
 
-    def _chunks(self, item: TableWork, path: Path, settled: set[str], known: dict[str, list[int]],
-                gate: Gate) -> Iterator[pa.Table]:
+    def _chunks(
+        self,
+        item: TableWork,
+        path: Path,
+        settled: set[str],
+        known: dict[str, list[int]],
+        gate: Gate,
+    ) -> Iterator[pa.Table]:
         counts = ReadCounts()
         pending: list[RawBatch] = []
         resumed = time.perf_counter()
@@ -168,21 +194,32 @@ class LoadJob:
             self.seconds["read"] += time.perf_counter() - resumed
             yield chunk
 
-    def _validated(self, item: TableWork, batches: list[RawBatch], known: dict[str, list[int]],
-                   gate: Gate) -> pa.Table:
+    def _validated(
+        self, item: TableWork, batches: list[RawBatch], known: dict[str, list[int]], gate: Gate
+    ) -> pa.Table:
         chunk = to_arrow(item.table, batches, self.run_id)
         started = time.perf_counter()
-        referenced = {column.references: known[column.references]
-                      for column in item.table.foreign_keys}
+        referenced = {
+            column.references: known[column.references] for column in item.table.foreign_keys
+        }
         verdicts = gate.check(item.table, chunk, [batch.batch_id for batch in batches], referenced)
         self.seconds["validate"] += time.perf_counter() - started
         item.verdicts.update(verdicts)
         for batch in batches:
-            item.batches.append(BatchInfo(batch.batch_id, batch.table, batch.source,
-                                          batch.first_line, batch.last_line, batch.rows))
+            item.batches.append(
+                BatchInfo(
+                    batch.batch_id,
+                    batch.table,
+                    batch.source,
+                    batch.first_line,
+                    batch.last_line,
+                    batch.rows,
+                )
+            )
             if item.table.name in known:
                 known[item.table.name] += accepted_ids(
-                    item.table, batch, verdicts[batch.batch_id], self.settings.policy)
+                    item.table, batch, verdicts[batch.batch_id], self.settings.policy
+                )
         item.summary.batches_read += len(batches)
         return chunk
 
@@ -202,22 +239,40 @@ class LoadJob:
 
     def _log_batch(self, settlement) -> None:
         batch = settlement.batch
-        path = self.log_dir / "batches" / f"{batch.table}-line{batch.first_line}-{batch.batch_id}.json"
+        path = (
+            self.log_dir / "batches" / f"{batch.table}-line{batch.first_line}-{batch.batch_id}.json"
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({
-            "batch_id": batch.batch_id, "run_id": self.run_id, "table": batch.table,
-            "source": batch.source, "first_line": batch.first_line, "last_line": batch.last_line,
-            "status": settlement.status, "rows_read": batch.rows,
-            "rows_promoted": settlement.rows_promoted, "rows_held_back": settlement.rows_rejected,
-            "reasons": settlement.reasons, "failing_rows": settlement.rejected_rows,
-        }, indent=2))
+        path.write_text(
+            json.dumps(
+                {
+                    "batch_id": batch.batch_id,
+                    "run_id": self.run_id,
+                    "table": batch.table,
+                    "source": batch.source,
+                    "first_line": batch.first_line,
+                    "last_line": batch.last_line,
+                    "status": settlement.status,
+                    "rows_read": batch.rows,
+                    "rows_promoted": settlement.rows_promoted,
+                    "rows_held_back": settlement.rows_rejected,
+                    "reasons": settlement.reasons,
+                    "failing_rows": settlement.rejected_rows,
+                },
+                indent=2,
+            )
+        )
 
     def _record_start(self, conn: psycopg.Connection) -> None:
         conn.execute(
             """insert into audit.runs (run_id, started_at, input, batch_size, policy, status)
             values (%s, now(), %s, %s, %s, 'running')""",
-            (self.run_id, str(self.settings.input_dir), self.settings.batch_size,
-             self.settings.policy),
+            (
+                self.run_id,
+                str(self.settings.input_dir),
+                self.settings.batch_size,
+                self.settings.policy,
+            ),
         )
 
     def _record_end(self, conn: psycopg.Connection, summary: RunSummary, error) -> None:

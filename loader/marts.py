@@ -35,11 +35,20 @@ def build_marts(url: str, state_dir: Path) -> MartsBuild:
     for variable in LIBPQ_VARIABLES.values():
         os.environ.pop(variable, None)
     os.environ.update(libpq_environment(url))
-    result = dbtRunner().invoke([
-        "build", "--project-dir", str(PROJECT_DIR), "--profiles-dir", str(PROJECT_DIR),
-        "--target-path", str(state_dir / "dbt" / "target"),
-        "--log-path", str(state_dir / "dbt" / "logs"), "--quiet",
-    ])
+    result = dbtRunner().invoke(
+        [
+            "build",
+            "--project-dir",
+            str(PROJECT_DIR),
+            "--profiles-dir",
+            str(PROJECT_DIR),
+            "--target-path",
+            str(state_dir / "dbt" / "target"),
+            "--log-path",
+            str(state_dir / "dbt" / "logs"),
+            "--quiet",
+        ]
+    )
     if result.exception is not None:
         return MartsBuild(False, [f"dbt could not run: {result.exception}"])
     failures = [

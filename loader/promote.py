@@ -48,8 +48,11 @@ def _cast(table: Table, alias: str) -> list[sql.Composable]:
     casts = []
     for column in table.columns:
         name = sql.Identifier(alias, column.name)
-        casts.append(name if column.kind == "text" else sql.SQL("{}::{}").format(
-            name, sql.SQL(column.postgres_type)))
+        casts.append(
+            name
+            if column.kind == "text"
+            else sql.SQL("{}::{}").format(name, sql.SQL(column.postgres_type))
+        )
     return casts
 
 
@@ -152,7 +155,9 @@ class Promoter:
             return self._settle(table, batch, verdict, whole_batch_fails)
         except psycopg.Error as error:
             reason = Failure("*", f"promotion failed: {str(error).splitlines()[0]}", "promotion")
-            failed = Verdict(batch.batch_id, verdict.failing_rows, [*verdict.batch_failures, reason])
+            failed = Verdict(
+                batch.batch_id, verdict.failing_rows, [*verdict.batch_failures, reason]
+            )
             return self._settle(table, batch, failed, True)
 
     def _settle(self, table: Table, batch: BatchInfo, verdict: Verdict, reject_all: bool):
@@ -169,10 +174,16 @@ class Promoter:
             self.conn.execute(
                 INSERT_BATCH,
                 {
-                    "batch_id": batch.batch_id, "run_id": self.run_id, "table": batch.table,
-                    "source": batch.source, "first_line": batch.first_line,
-                    "last_line": batch.last_line, "rows": batch.rows, "promoted": promoted,
-                    "rejected": batch.rows - promoted, "status": status,
+                    "batch_id": batch.batch_id,
+                    "run_id": self.run_id,
+                    "table": batch.table,
+                    "source": batch.source,
+                    "first_line": batch.first_line,
+                    "last_line": batch.last_line,
+                    "rows": batch.rows,
+                    "promoted": promoted,
+                    "rejected": batch.rows - promoted,
+                    "status": status,
                     "reasons": json.dumps(found_reasons),
                 },
             )
@@ -187,4 +198,6 @@ class Promoter:
                     {"line": line, "values": values, "failures": found}
                     for line, values, found in cursor.fetchall()
                 ]
-        return Settlement(batch, status, promoted, batch.rows - promoted, found_reasons, rejected_rows)
+        return Settlement(
+            batch, status, promoted, batch.rows - promoted, found_reasons, rejected_rows
+        )

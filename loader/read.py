@@ -117,7 +117,7 @@ def read_batches(
         for line_number, raw in enumerate(handle, start=1):
             counts.lines = line_number
             if line_number == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM):]
+                raw = raw[len(BOM) :]
             stripped = raw.rstrip(b"\r\n")
             if not stripped.strip():
                 counts.blank_lines += 1

@@ -17,10 +17,16 @@ def grant_marts_reader(conn: psycopg.Connection, role: str, password: str) -> No
     with conn.transaction():
         exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
         verb = sql.SQL("alter") if exists else sql.SQL("create")
-        conn.execute(sql.SQL("{} role {} with login password {} nosuperuser nocreatedb "
-                             "nocreaterole noinherit").format(verb, name, sql.Literal(password)))
+        conn.execute(
+            sql.SQL(
+                "{} role {} with login password {} nosuperuser nocreatedb nocreaterole noinherit"
+            ).format(verb, name, sql.Literal(password))
+        )
         conn.execute("create schema if not exists marts")
         conn.execute(sql.SQL("grant usage on schema marts to {}").format(name))
         conn.execute(sql.SQL("grant select on all tables in schema marts to {}").format(name))
-        conn.execute(sql.SQL("alter default privileges in schema marts grant select on tables "
-                             "to {}").format(name))
+        conn.execute(
+            sql.SQL("alter default privileges in schema marts grant select on tables to {}").format(
+                name
+            )
+        )

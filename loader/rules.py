@@ -23,9 +23,7 @@ ASCII_DIGITS = r"^[0-9]+$"
 # An ISO-8601 instant: calendar date, 'T', time, optional fraction, and a zone (Z or ±hh[:]mm).
 # A time without a zone is refused: the source promises UTC, and guessing would move hires
 # between quarters when the guess is wrong.
-ISO_INSTANT = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:?[0-9]{2})$"
-)
+ISO_INSTANT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:?[0-9]{2})$"
 
 BATCH_ROWS = "_batch_rows"
 
@@ -57,7 +55,9 @@ def expectations_for(table: Table) -> list[gxe.Expectation]:
             min_value=1, meta=_meta("*", "a batch has at least one row")
         ),
         gxe.ExpectColumnValuesToBeBetween(
-            column=BATCH_ROWS, min_value=1, max_value=MAX_BATCH_ROWS,
+            column=BATCH_ROWS,
+            min_value=1,
+            max_value=MAX_BATCH_ROWS,
             meta=_meta("*", f"a batch has 1 to {MAX_BATCH_ROWS} rows"),
         ),
         gxe.ExpectColumnValuesToBeNull(
@@ -73,11 +73,13 @@ def expectations_for(table: Table) -> list[gxe.Expectation]:
         if column.kind == "integer":
             rules += [
                 gxe.ExpectColumnValuesToMatchRegex(
-                    column=column.name, regex=ASCII_DIGITS,
+                    column=column.name,
+                    regex=ASCII_DIGITS,
                     meta=_meta(column.name, "an integer written in plain ASCII digits"),
                 ),
                 gxe.ExpectColumnValuesToBeBetween(
-                    column=integer_helper(column.name), min_value=1,
+                    column=integer_helper(column.name),
+                    min_value=1,
                     max_value=POSTGRES_INTEGER_MAX,
                     meta=_meta(column.name, f"between 1 and {POSTGRES_INTEGER_MAX}"),
                 ),
@@ -85,7 +87,8 @@ def expectations_for(table: Table) -> list[gxe.Expectation]:
         if column.kind == "timestamp":
             rules += [
                 gxe.ExpectColumnValuesToMatchRegex(
-                    column=column.name, regex=ISO_INSTANT,
+                    column=column.name,
+                    regex=ISO_INSTANT,
                     meta=_meta(column.name, "ISO-8601 date and time with a zone (Z or +hh:mm)"),
                 ),
                 gxe.ExpectColumnValuesToNotBeNull(

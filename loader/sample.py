@@ -13,17 +13,92 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-DEPARTMENTS = ["Supply Chain", "Maintenance", "Staff", "Human Resources", "Business Development",
-               "Legal", "Marketing", "Engineering", "Sales", "Product Management", "Accounting",
-               "Research and Development"]
-JOB_WORDS = (["Marketing", "Sales", "Software", "Data", "Research", "Account", "Office",
-              "Financial", "Quality", "Support", "Product", "Project", "Legal", "Payroll"],
-             ["Assistant", "Engineer", "Analyst", "Manager", "Coordinator", "Associate",
-              "Specialist", "Technician", "Director", "Officer", "Representative"])
-FIRST = ["Harold", "Ty", "Lyman", "Cathi", "Marcelo", "Ana", "Wei", "Fatima", "Olga", "Kwame",
-         "Lucía", "Björn", "Chloé", "Priya", "Sven", "Aiko", "Omar", "Zoë", "Ravi", "Noor"]
-LAST = ["Vogt", "Hellmann", "Hennessey", "Fonseca", "Gonzalez", "Silva", "Zhang", "Haddad",
-        "Ivanova", "Mensah", "Núñez", "Larsen", "Dubois", "Patel", "Berg", "Sato", "Khalil"]
+DEPARTMENTS = [
+    "Supply Chain",
+    "Maintenance",
+    "Staff",
+    "Human Resources",
+    "Business Development",
+    "Legal",
+    "Marketing",
+    "Engineering",
+    "Sales",
+    "Product Management",
+    "Accounting",
+    "Research and Development",
+]
+JOB_WORDS = (
+    [
+        "Marketing",
+        "Sales",
+        "Software",
+        "Data",
+        "Research",
+        "Account",
+        "Office",
+        "Financial",
+        "Quality",
+        "Support",
+        "Product",
+        "Project",
+        "Legal",
+        "Payroll",
+    ],
+    [
+        "Assistant",
+        "Engineer",
+        "Analyst",
+        "Manager",
+        "Coordinator",
+        "Associate",
+        "Specialist",
+        "Technician",
+        "Director",
+        "Officer",
+        "Representative",
+    ],
+)
+FIRST = [
+    "Harold",
+    "Ty",
+    "Lyman",
+    "Cathi",
+    "Marcelo",
+    "Ana",
+    "Wei",
+    "Fatima",
+    "Olga",
+    "Kwame",
+    "Lucía",
+    "Björn",
+    "Chloé",
+    "Priya",
+    "Sven",
+    "Aiko",
+    "Omar",
+    "Zoë",
+    "Ravi",
+    "Noor",
+]
+LAST = [
+    "Vogt",
+    "Hellmann",
+    "Hennessey",
+    "Fonseca",
+    "Gonzalez",
+    "Silva",
+    "Zhang",
+    "Haddad",
+    "Ivanova",
+    "Mensah",
+    "Núñez",
+    "Larsen",
+    "Dubois",
+    "Patel",
+    "Berg",
+    "Sato",
+    "Khalil",
+]
 
 # One of each kind of broken row: (what is wrong, function making the row's fields).
 BROKEN_KINDS = [
@@ -69,13 +144,21 @@ def write_sample(out: Path, rows: int, seed: int = 7, broken_share: float = 0.02
     titles = titles[:120]
     _write(out / "jobs.csv", [f"{i},{title}".encode() for i, title in enumerate(titles, 1)])
 
-    broken_count = (max(len(BROKEN_KINDS) + 3, int(rows * broken_share))
-                    if rows >= 100 and broken_share > 0 else 0)
+    broken_count = (
+        max(len(BROKEN_KINDS) + 3, int(rows * broken_share))
+        if rows >= 100 and broken_share > 0
+        else 0
+    )
     first_broken = int(rows * 0.6)
     hired, broken_lines = [], []
     for index in range(rows):
-        fields = [str(index + 1), f"{rng.choice(FIRST)} {rng.choice(LAST)}", _hire_time(rng),
-                  str(rng.randint(1, len(DEPARTMENTS))), str(rng.randint(1, len(titles)))]
+        fields = [
+            str(index + 1),
+            f"{rng.choice(FIRST)} {rng.choice(LAST)}",
+            _hire_time(rng),
+            str(rng.randint(1, len(DEPARTMENTS))),
+            str(rng.randint(1, len(titles))),
+        ]
         line = ",".join(fields).encode()
         offset = index - first_broken
         if 0 <= offset < broken_count:
@@ -91,5 +174,9 @@ def write_sample(out: Path, rows: int, seed: int = 7, broken_share: float = 0.02
                 line = ",".join([str(index), *fields[1:]]).encode()  # repeats the previous id
         hired.append(line)
     _write(out / "hired_employees.csv", hired)
-    return {"departments": len(DEPARTMENTS), "jobs": len(titles), "hired_employees": rows,
-            "broken_lines": broken_lines}
+    return {
+        "departments": len(DEPARTMENTS),
+        "jobs": len(titles),
+        "hired_employees": rows,
+        "broken_lines": broken_lines,
+    }

@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     )
     state_dir: Path = Field(default=Path(".loader"), alias="LOADER_STATE_DIR")
     input_dir: Path = Field(default=SAMPLE_DATA_DIR, alias="LOADER_INPUT_DIR")
-    batch_size: int = Field(default=MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, alias="LOADER_BATCH_SIZE")
+    batch_size: int = Field(
+        default=MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, alias="LOADER_BATCH_SIZE"
+    )
     policy: Policy = Field(default="reject_batch", alias="LOADER_POLICY")
     chunk_rows: int = Field(
         default=200_000,

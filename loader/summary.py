@@ -76,8 +76,11 @@ class RunSummary:
         data = asdict(self)
         for table in data["tables"]:
             table["reasons"] = dict(Counter(table["reasons"]).most_common())
-        names = [name for name in TableSummary.__dataclass_fields__ if name not in
-                 ("table", "source", "reasons")]
+        names = [
+            name
+            for name in TableSummary.__dataclass_fields__
+            if name not in ("table", "source", "reasons")
+        ]
         data["totals"] = {name: self.total(name) for name in names}
         data["top_reasons"] = [{"reason": r, "rows": n} for r, n in self.top_reasons()]
         return data
@@ -89,12 +92,19 @@ class RunSummary:
     def render(self, console: Console) -> None:
         """Print the summary table, the top reasons and where to look next."""
         grid = RichTable(title=f"Run {self.run_id} ({self.policy}, batches of {self.batch_size})")
-        columns = {"rows read": "rows_read", "promoted": "rows_promoted",
-                   "held back": "rows_held_back", "failing": "rows_failing",
-                   "skipped": "rows_skipped", "batches": "batches_read",
-                   "b. promoted": "batches_promoted", "b. partial": "batches_partially_promoted",
-                   "b. rejected": "batches_rejected", "b. skipped": "batches_skipped",
-                   "blank lines": "blank_lines"}
+        columns = {
+            "rows read": "rows_read",
+            "promoted": "rows_promoted",
+            "held back": "rows_held_back",
+            "failing": "rows_failing",
+            "skipped": "rows_skipped",
+            "batches": "batches_read",
+            "b. promoted": "batches_promoted",
+            "b. partial": "batches_partially_promoted",
+            "b. rejected": "batches_rejected",
+            "b. skipped": "batches_skipped",
+            "blank lines": "blank_lines",
+        }
         grid.add_column("table")
         for header in columns:
             grid.add_column(header, justify="right")
@@ -102,8 +112,10 @@ class RunSummary:
             grid.add_row(table.table, *(str(getattr(table, name)) for name in columns.values()))
         grid.add_row("total", *(str(self.total(name)) for name in columns.values()), style="bold")
         console.print(grid)
-        console.print("  rows: read = promoted + held back (failing rows are among the held back); "
-                      "skipped = in batches settled by an earlier run")
+        console.print(
+            "  rows: read = promoted + held back (failing rows are among the held back); "
+            "skipped = in batches settled by an earlier run"
+        )
         for reason, rows in self.top_reasons():
             console.print(f"  rejected: {rows:>7} × {reason}")
         times = ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in self.seconds.items())

@@ -17,8 +17,15 @@ from tests.conftest import REPO
 def loader(*args, env=None, cwd=None):
     environment = {**os.environ, **(env or {})}
     environment.pop("LOADER_INPUT_DIR", None)
-    return subprocess.run([sys.executable, "-m", "loader", *args], capture_output=True, text=True, check=False,
-                          env=environment, cwd=cwd or REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "loader", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=environment,
+        cwd=cwd or REPO,
+        timeout=600,
+    )
 
 
 @pytest.fixture()
@@ -126,12 +133,25 @@ def test_embedded_default_runs_stays_up_for_other_tools_and_stops(tmp_path):
 def test_dbt_build_and_docs_work_from_the_repo_root_with_db_env(env, tmp_path):
     assert loader("run", "--skip-marts", env=env).returncode == 0
     target = tmp_path / "target"
-    script = ('eval "$(python -m loader db env)" && '
-              f"dbt build --target-path {target} --log-path {tmp_path} && "
-              f"dbt docs generate --target-path {target} --log-path {tmp_path}")
-    environment = {**os.environ, **env, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, check=False,
-                            env=environment, timeout=600)
+    script = (
+        'eval "$(python -m loader db env)" && '
+        f"dbt build --target-path {target} --log-path {tmp_path} && "
+        f"dbt docs generate --target-path {target} --log-path {tmp_path}"
+    )
+    environment = {
+        **os.environ,
+        **env,
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=environment,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "Completed successfully" in result.stdout
     assert (target / "index.html").exists() and (target / "catalog.json").exists()

@@ -30,8 +30,9 @@ def fingerprint(url):
         for schema in ("core", "raw"):
             for table in TABLES:
                 found[f"{schema}.{table.name}"] = conn.execute(
-                    f'select count(*), md5(coalesce(string_agg(t::text, \'|\' order by t::text), \'\')) '
-                    f'from {schema}."{table.name}" t').fetchone()
+                    f"select count(*), md5(coalesce(string_agg(t::text, '|' order by t::text), '')) "
+                    f'from {schema}."{table.name}" t'
+                ).fetchone()
         for table in ("batches", "rejected_rows"):
             found[f"audit.{table}"] = conn.execute(f"select count(*) from audit.{table}").fetchone()
         return found
@@ -60,15 +61,23 @@ def test_quarantine_promotes_exactly_the_good_rows_and_logs_each_bad_one(clean, 
     assert hired.rows_promoted == 3000 - len(broken)
     assert scalar(clean, "select count(*) from core.hired_employees") == 3000 - len(broken)
     with psycopg.connect(clean) as conn:
-        logged = [r[0] for r in conn.execute(
-            "select line_number from audit.rejected_rows where table_name = 'hired_employees' "
-            "order by 1")]
+        logged = [
+            r[0]
+            for r in conn.execute(
+                "select line_number from audit.rejected_rows where table_name = 'hired_employees' "
+                "order by 1"
+            )
+        ]
         missing_name = conn.execute(
             "select failures from audit.rejected_rows where raw_values->>'name' is null "
-            "and table_name = 'hired_employees' limit 1").fetchone()[0]
+            "and table_name = 'hired_employees' limit 1"
+        ).fetchone()[0]
     assert logged == broken
-    assert {"field": "name", "rule": "required: present and non-empty",
-            "expectation": "expect_column_values_to_not_be_null"} in missing_name
+    assert {
+        "field": "name",
+        "rule": "required: present and non-empty",
+        "expectation": "expect_column_values_to_not_be_null",
+    } in missing_name
 
 
 def test_reject_batch_holds_back_every_batch_with_a_bad_row(clean, tmp_path):
@@ -77,7 +86,8 @@ def test_reject_batch_holds_back_every_batch_with_a_bad_row(clean, tmp_path):
     with psycopg.connect(clean) as conn:
         batches = conn.execute(
             "select first_line, last_line, status, rows_read, rows_promoted, rows_rejected "
-            "from audit.batches where table_name = 'hired_employees'").fetchall()
+            "from audit.batches where table_name = 'hired_employees'"
+        ).fetchall()
     for first, last, status, read, promoted, rejected in batches:
         has_bad = any(first <= line <= last for line in written["broken_lines"])
         assert status == ("rejected" if has_bad else "promoted")
@@ -92,8 +102,11 @@ def test_rows_read_equal_rows_promoted_plus_rows_held_back_in_summary_and_audit(
     for table in summary.tables:
         assert table.rows_read == table.rows_promoted + table.rows_held_back
         assert scalar(clean, f'select count(*) from raw."{table.table}"') == table.rows_read
-        audited = scalar(clean, "select sum(rows_promoted + rows_rejected) from audit.batches "
-                         "where table_name = %s", table.table)
+        audited = scalar(
+            clean,
+            "select sum(rows_promoted + rows_rejected) from audit.batches where table_name = %s",
+            table.table,
+        )
         assert audited == table.rows_read
 
 
@@ -135,7 +148,9 @@ def test_a_malformed_file_stops_the_run_with_nothing_written(clean, tmp_path, sa
     with pytest.raises(InputError, match=r"hired_employees.csv, line 3001: expected 5 fields"):
         run(clean, tmp_path, bad)
     assert fingerprint(clean) == before
-    assert scalar(clean, "select status from audit.runs order by started_at desc limit 1") == "failed"
+    assert (
+        scalar(clean, "select status from audit.runs order by started_at desc limit 1") == "failed"
+    )
 
 
 def test_times_are_stored_as_utc_instants_whatever_the_offset(clean, tmp_path):
@@ -144,12 +159,15 @@ def test_times_are_stored_as_utc_instants_whatever_the_offset(clean, tmp_path):
     (folder / "departments.csv").write_text("1,Sales\n")
     (folder / "jobs.csv").write_text("1,Clerk\n")
     (folder / "hired_employees.csv").write_text(
-        "1,A,2021-03-31T23:30:00-02:00,1,1\n2,B,2021-01-01T00:00:00Z,1,1\n")
+        "1,A,2021-03-31T23:30:00-02:00,1,1\n2,B,2021-01-01T00:00:00Z,1,1\n"
+    )
     run(clean, tmp_path, folder)
     with psycopg.connect(clean) as conn:
         conn.execute("set timezone = 'America/Lima'")
-        stamps = conn.execute("select to_char(datetime at time zone 'UTC', 'YYYY-MM-DD HH24:MI') "
-                              "from core.hired_employees order by id").fetchall()
+        stamps = conn.execute(
+            "select to_char(datetime at time zone 'UTC', 'YYYY-MM-DD HH24:MI') "
+            "from core.hired_employees order by id"
+        ).fetchall()
     assert stamps == [("2021-04-01 01:30",), ("2021-01-01 00:00",)]
 
 
@@ -173,5 +191,11 @@ def test_a_department_held_back_makes_its_hires_fail_the_foreign_key(clean, tmp_
     (folder / "hired_employees.csv").write_text("1,A,2021-01-01T00:00:00Z,1,1\n")
     summary = run(clean, tmp_path, folder)
     assert summary.total("rows_promoted") == 1  # only the job
-    assert scalar(clean, "select failures->0->>'rule' from audit.rejected_rows "
-                  "where table_name = 'hired_employees'") == "exists in departments"
+    assert (
+        scalar(
+            clean,
+            "select failures->0->>'rule' from audit.rejected_rows "
+            "where table_name = 'hired_employees'",
+        )
+        == "exists in departments"
+    )

@@ -20,9 +20,15 @@ from tests.conftest import settings_for, with_database
 pytestmark = pytest.mark.database
 
 EDGES = [  # hires at the edges of quarters and years, some with offsets
-    "2020-12-31T23:59:59Z", "2021-01-01T00:00:00Z", "2021-03-31T23:59:59Z",
-    "2021-03-31T23:30:00-02:00", "2021-04-01T01:00:00+02:00", "2021-06-30T23:59:59.999999Z",
-    "2021-09-30T20:00:00-05:00", "2021-12-31T23:59:59Z", "2022-01-01T00:30:00+01:00",
+    "2020-12-31T23:59:59Z",
+    "2021-01-01T00:00:00Z",
+    "2021-03-31T23:59:59Z",
+    "2021-03-31T23:30:00-02:00",
+    "2021-04-01T01:00:00+02:00",
+    "2021-06-30T23:59:59.999999Z",
+    "2021-09-30T20:00:00-05:00",
+    "2021-12-31T23:59:59Z",
+    "2022-01-01T00:30:00+01:00",
 ]
 
 
@@ -40,13 +46,18 @@ def expected_from_csv(folder):
         quarters[(when.year, departments[department], jobs[job])][(when.month - 1) // 3] += 1
         per_department[(when.year, department)] += 1
         years.add(when.year)
-    report1 = sorted([(y, d, j, *q) for (y, d, j), q in quarters.items()],
-                     key=lambda r: (r[0], r[1].encode(), r[2].encode()))
+    report1 = sorted(
+        [(y, d, j, *q) for (y, d, j), q in quarters.items()],
+        key=lambda r: (r[0], r[1].encode(), r[2].encode()),
+    )
     report2 = []
     for year in sorted(years):
         mean = sum(per_department[(year, d)] for d in departments) / len(departments)
-        above = [(year, d, departments[d], per_department[(year, d)]) for d in departments
-                 if per_department[(year, d)] > mean]
+        above = [
+            (year, d, departments[d], per_department[(year, d)])
+            for d in departments
+            if per_department[(year, d)] > mean
+        ]
         report2 += sorted(above, key=lambda r: (-r[3], r[1]))
     return report1, report2
 
@@ -75,21 +86,29 @@ def test_marts_equal_answers_computed_from_the_csv_in_utc(loaded, database_url):
     report1, report2 = expected_from_csv(folder)
     with psycopg.connect(database_url) as conn:
         assert conn.execute("show timezone").fetchone()[0] == "Pacific/Kiritimati"
-        got1 = conn.execute("select year, department, job, q1, q2, q3, q4 "
-                            "from marts.hires_by_quarter "
-                            "order by year, department collate \"C\", job collate \"C\"").fetchall()
-        got2 = conn.execute("select year, id, department, hired from marts.departments_above_mean "
-                            "order by year, hired desc, id").fetchall()
+        got1 = conn.execute(
+            "select year, department, job, q1, q2, q3, q4 "
+            "from marts.hires_by_quarter "
+            'order by year, department collate "C", job collate "C"'
+        ).fetchall()
+        got2 = conn.execute(
+            "select year, id, department, hired from marts.departments_above_mean "
+            "order by year, hired desc, id"
+        ).fetchall()
     assert got1 == report1
     assert got2 == report2
-    assert summary.marts == {"hires_by_quarter": len(report1),
-                             "departments_above_mean": len(report2)}
+    assert summary.marts == {
+        "hires_by_quarter": len(report1),
+        "departments_above_mean": len(report2),
+    }
 
 
 def test_hires_at_quarter_edges_land_in_their_utc_quarter(loaded, database_url):
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("select year, q1, q2, q3, q4 from marts.hires_by_quarter "
-                            "where department = 'Edge Cases' order by year").fetchall()
+        rows = conn.execute(
+            "select year, q1, q2, q3, q4 from marts.hires_by_quarter "
+            "where department = 'Edge Cases' order by year"
+        ).fetchall()
     # 2022-01-01T00:30+01:00 is 2021 in UTC; 2021-04-01T01:00+02:00 is still Q1;
     # 2021-03-31T23:30-02:00 and 2021-09-30T20:00-05:00 are already the next quarter.
     assert rows == [(2020, 0, 0, 0, 1), (2021, 3, 2, 0, 3)]
@@ -103,8 +122,12 @@ def test_bi_role_reads_marts_after_rebuilds_and_is_refused_elsewhere(loaded, dat
     bi_url = psycopg.conninfo.make_conninfo(database_url, user=role, password=password)
     with psycopg.connect(bi_url, autocommit=True) as conn:
         assert conn.execute("select count(*) from marts.hires_by_quarter").fetchone()[0] > 0
-        for table in ("core.hired_employees", "raw.hired_employees", "audit.batches",
-                      "staging.stg_core__jobs"):
+        for table in (
+            "core.hired_employees",
+            "raw.hired_employees",
+            "audit.batches",
+            "staging.stg_core__jobs",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"select 1 from {table} limit 1")
 

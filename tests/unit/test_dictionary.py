@@ -22,8 +22,11 @@ def test_dbt_sources_declare_every_column_of_the_dictionary_in_order():
             assert "not_null" in tests, f"{table.name}.{column.name} is required"
             assert ("unique" in tests) == (column.name == table.primary_key)
             relations = [t["relationships"]["arguments"] for t in tests if isinstance(t, dict)]
-            expected = [{"to": f"source('core', '{column.references}')", "field": "id"}] \
-                if column.references else []
+            expected = (
+                [{"to": f"source('core', '{column.references}')", "field": "id"}]
+                if column.references
+                else []
+            )
             assert relations == expected
 
 
@@ -36,5 +39,10 @@ def test_core_ddl_has_typed_required_columns_and_keys():
 
 def test_libpq_environment_carries_the_whole_url():
     found = libpq_environment("postgresql://ann:p%40ss@db.example:6543/warehouse")
-    assert found == {"PGHOST": "db.example", "PGPORT": "6543", "PGUSER": "ann",
-                     "PGPASSWORD": "p@ss", "PGDATABASE": "warehouse"}
+    assert found == {
+        "PGHOST": "db.example",
+        "PGPORT": "6543",
+        "PGUSER": "ann",
+        "PGPASSWORD": "p@ss",
+        "PGDATABASE": "warehouse",
+    }

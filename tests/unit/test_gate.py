@@ -24,8 +24,15 @@ def gate(tmp_path_factory):
 def batch_of(rows, batch_id="b1", first_line=1, table=HIRED_EMPLOYEES, decode_errors=None):
     lines = list(range(first_line, first_line + len(rows)))
     values = [list(column) for column in zip(*rows)] if rows else [[] for _ in table.columns]
-    return RawBatch(table.name, "test.csv", first_line, batch_id, lines, values,
-                    decode_errors or [None] * len(rows))
+    return RawBatch(
+        table.name,
+        "test.csv",
+        first_line,
+        batch_id,
+        lines,
+        values,
+        decode_errors or [None] * len(rows),
+    )
 
 
 def check(gate, table, batches, known):
@@ -43,8 +50,9 @@ def test_a_clean_row_passes(gate):
     assert failures_of(gate, GOOD) == set()
 
 
-@pytest.mark.parametrize("bad_id", ["١", "１", "1_000", "+1", "-1", "1.0", "0", "2147483648",
-                                    "99999999999999999999"])
+@pytest.mark.parametrize(
+    "bad_id", ["١", "１", "1_000", "+1", "-1", "1.0", "0", "2147483648", "99999999999999999999"]
+)
 def test_ids_must_be_plain_ascii_digits_within_postgres_integer(gate, bad_id):
     found = failures_of(gate, [bad_id, *GOOD[1:]])
     assert found and all(field == "id" for field, _ in found)
@@ -55,18 +63,28 @@ def test_largest_postgres_integer_and_leading_zeros_are_accepted(gate):
     assert failures_of(gate, ["007", *GOOD[1:]]) == set()
 
 
-@pytest.mark.parametrize("when", ["2021-13-01T00:00:00Z", "2021-02-31T00:00:00Z",
-                                  "2021-04-31T10:00:00Z", "2021-03-01T25:00:00Z",
-                                  "2021-03-01T10:00:00", "2021-03-01", "01/03/2021 10:00",
-                                  "yesterday"])
+@pytest.mark.parametrize(
+    "when",
+    [
+        "2021-13-01T00:00:00Z",
+        "2021-02-31T00:00:00Z",
+        "2021-04-31T10:00:00Z",
+        "2021-03-01T25:00:00Z",
+        "2021-03-01T10:00:00",
+        "2021-03-01",
+        "01/03/2021 10:00",
+        "yesterday",
+    ],
+)
 def test_datetime_must_be_a_real_iso_8601_instant_with_a_zone(gate, when):
     found = failures_of(gate, [*GOOD[:2], when, *GOOD[3:]])
     assert found and all(field == "datetime" for field, _ in found)
     assert len(found) == 1, "a malformed time is reported once"
 
 
-@pytest.mark.parametrize("when", ["2021-03-01T10:00:00+05:30", "2021-03-01T10:00:00.123456Z",
-                                  "2024-02-29T23:59:59-0300"])
+@pytest.mark.parametrize(
+    "when", ["2021-03-01T10:00:00+05:30", "2021-03-01T10:00:00.123456Z", "2024-02-29T23:59:59-0300"]
+)
 def test_datetime_with_offset_or_fraction_passes(gate, when):
     assert failures_of(gate, [*GOOD[:2], when, *GOOD[3:]]) == set()
 
@@ -75,8 +93,10 @@ def test_datetime_with_offset_or_fraction_passes(gate, when):
 def test_every_field_is_required(gate, position):
     row = list(GOOD)
     row[position] = None
-    assert (HIRED_EMPLOYEES.columns[position].name, "required: present and non-empty") in \
-        failures_of(gate, row)
+    assert (
+        HIRED_EMPLOYEES.columns[position].name,
+        "required: present and non-empty",
+    ) in failures_of(gate, row)
 
 
 def test_foreign_keys_must_exist_among_known_ids(gate):
@@ -87,7 +107,9 @@ def test_foreign_keys_must_exist_among_known_ids(gate):
 def test_ids_must_be_unique_within_a_batch_but_not_across_batches(gate):
     twice = check(gate, HIRED_EMPLOYEES, [batch_of([GOOD, GOOD])], KNOWN)["b1"]
     assert sorted(twice.failing_rows) == [1, 2]
-    apart = check(gate, HIRED_EMPLOYEES, [batch_of([GOOD], "a", 1), batch_of([GOOD], "b", 2)], KNOWN)
+    apart = check(
+        gate, HIRED_EMPLOYEES, [batch_of([GOOD], "a", 1), batch_of([GOOD], "b", 2)], KNOWN
+    )
     assert all(verdict.passed for verdict in apart.values())
 
 
@@ -120,7 +142,10 @@ def test_every_validation_is_stored_and_shown_in_the_data_docs(tmp_path):
     pages = list((tmp_path / "data_docs" / "validations").rglob("*.html"))
     assert len(pages) == 2
     departments_page = next(p for p in pages if "departments" in str(p)).read_text()
-    assert "an integer written in plain ASCII digits" in departments_page or "^[0-9]+$" in departments_page
+    assert (
+        "an integer written in plain ASCII digits" in departments_page
+        or "^[0-9]+$" in departments_page
+    )
 
 
 @pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
