@@ -12,7 +12,7 @@ import psycopg
 
 from loader.embedded import EmbeddedServer
 from loader.settings import Settings
-from loader.tables import TABLES, Table
+from loader.tables import CORE_LINEAGE, TABLES, Table
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -72,8 +72,7 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
 
 def core_table_ddl(table: Table) -> str:
     columns = [f'"{column.name}" {column.postgres_type} not null' for column in table.columns]
-    columns.append("_batch_id text not null")
-    columns.append("_promoted_at timestamptz not null default now()")
+    columns += [f'"{column.name}" {column.postgres_type} not null' for column in CORE_LINEAGE]
     columns.append(f'primary key ("{table.primary_key}")')
     columns += [
         f'foreign key ("{column.name}") references core."{column.references}" (id)'

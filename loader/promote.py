@@ -62,8 +62,8 @@ def upsert_statement(table: Table) -> sql.Composed:
     updated = [column for column in table.columns if column.name != table.primary_key]
     target = sql.Identifier("core", table.name)
     return sql.SQL(
-        """insert into {target} ({columns}, _batch_id)
-        select {casts}, r._batch_id from {raw} as r
+        """insert into {target} ({columns}, _batch_id, _promoted_at)
+        select {casts}, r._batch_id, now() from {raw} as r
         where r._batch_id = %(batch_id)s and r._run_id = %(run_id)s
           and r._line_number <> all(%(failing)s)
         on conflict ({key}) do update set {updates}, _batch_id = excluded._batch_id,

@@ -89,9 +89,22 @@ HIRED_EMPLOYEES = Table(
     ),
 )
 
+# Columns every core table carries after its fields: which batch last wrote the row, and when.
+CORE_LINEAGE: tuple[Column, ...] = (
+    Column("_batch_id", "text", "Batch that last wrote the row (audit.batches)."),
+    Column("_promoted_at", "timestamp", "When that batch was promoted."),
+)
+
 # Load order: a table comes after every table it references.
 TABLES: tuple[Table, ...] = (DEPARTMENTS, JOBS, HIRED_EMPLOYEES)
 TABLES_BY_NAME: dict[str, Table] = {table.name: table for table in TABLES}
+
+
+def dependents_of(table: Table) -> list[Table]:
+    """Tables with a foreign key to `table`."""
+    return [
+        other for other in TABLES if any(c.references == table.name for c in other.foreign_keys)
+    ]
 
 
 def table_named(name: str) -> Table:

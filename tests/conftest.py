@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,15 +22,26 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory) -> str:
+def server_url() -> str:
     """URL of a server the tests may create databases on."""
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
         return
-    server = EmbeddedServer(tmp_path_factory.mktemp("embedded") / "pgdata")
-    url = server.start()
-    yield url
-    server.stop()
+    with server_folder() as folder:
+        server = EmbeddedServer(folder / "pgdata")
+        yield server.start()
+        server.stop()
+
+
+@contextmanager
+def server_folder():
+    """A folder for an embedded server's files, outside pytest's tmp root: pytest resets that
+    root to mode 0700 at start-up, which would lock out the server's own system user."""
+    folder = Path(tempfile.mkdtemp(prefix="csv-migrate-test-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def with_database(url: str, name: str) -> str:

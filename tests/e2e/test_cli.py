@@ -11,7 +11,7 @@ import sys
 import psycopg
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, server_folder
 
 
 def loader(*args, env=None, cwd=None):
@@ -115,18 +115,21 @@ def test_sample_is_deterministic(tmp_path):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
-def test_embedded_default_runs_stays_up_for_other_tools_and_stops(tmp_path):
-    env = {"LOADER_STATE_DIR": str(tmp_path / "state"), "DATABASE_URL": ""}
-    result = loader("run", env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    url = loader("db", "url", env=env).stdout.strip()
-    assert url.startswith("postgresql://postgres@127.0.0.1:")
-    with psycopg.connect(url) as conn:
-        assert conn.execute("select count(*) from core.jobs").fetchone()[0] == 120
-    stopped = loader("db", "stop", env=env)
-    assert stopped.returncode == 0 and "stopped" in stopped.stderr
-    with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(url, connect_timeout=3)
+def test_embedded_default_runs_stays_up_for_other_tools_and_stops():
+    with server_folder() as folder:
+        env = {"LOADER_STATE_DIR": str(folder / "state"), "DATABASE_URL": ""}
+        try:
+            result = loader("run", env=env, cwd=folder)
+            assert result.returncode == 0, result.stderr
+            url = loader("db", "url", env=env).stdout.strip()
+            assert url.startswith("postgresql://postgres@127.0.0.1:")
+            with psycopg.connect(url) as conn:
+                assert conn.execute("select count(*) from core.jobs").fetchone()[0] == 120
+        finally:
+            stopped = loader("db", "stop", env=env)
+        assert stopped.returncode == 0 and "stopped" in stopped.stderr
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url, connect_timeout=3)
 
 
 @pytest.mark.database

@@ -1,0 +1,1 @@
+"""AVRO backups of the core tables: create, list, verify, restore, schedule."""

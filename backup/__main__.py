@@ -1,0 +1,7 @@
+"""Entry point of `python -m backup`."""
+
+import sys
+
+from backup.cli import main
+
+sys.exit(main())

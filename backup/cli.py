@@ -1,0 +1,146 @@
+"""`python -m backup`: create, list, verify, restore and schedule AVRO backups of core.
+
+Exit codes: 0 done, 1 unexpected error, 2 usage, 3 backup missing, damaged or refused,
+4 database unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_DATABASE = range(5)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    from backup.schedule import DEFAULT_CRON
+    from loader.tables import TABLES
+
+    names = [table.name for table in TABLES]
+    root = argparse.ArgumentParser(
+        prog="python -m backup",
+        description="AVRO backups of the core tables.",
+        epilog="Exit codes: 0 done, 1 unexpected error, 2 usage, 3 backup missing, damaged or "
+        "refused, 4 database unreachable.",
+    )
+    root.add_argument(
+        "--dir", type=Path, help="backup folder (default BACKUP_DIR, else <state folder>/backups)"
+    )
+    verbs = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    create = verbs.add_parser("create", help="back up tables (all of core by default)")
+    create.add_argument("--table", action="append", choices=names, help="repeatable")
+    listing = verbs.add_parser("list", help="backups with time, tables, rows and size")
+    listing.add_argument("--json", action="store_true")
+    verify = verbs.add_parser("verify", help="re-read a backup and check it (default: newest)")
+    verify.add_argument("stamp", nargs="?")
+    restore = verbs.add_parser("restore", help="replace a table's rows from a backup, atomically")
+    restore.add_argument("--table", required=True, choices=names)
+    restore.add_argument("--from", dest="stamp", help="backup stamp (default: newest)")
+    restore.add_argument(
+        "--with-dependents",
+        action="store_true",
+        help="also restore the tables that reference it, from the same backup",
+    )
+    schedule = verbs.add_parser("schedule", help="back up on a cron schedule (UTC) until stopped")
+    schedule.add_argument("--cron", default=DEFAULT_CRON, help=f"default {DEFAULT_CRON!r}")
+    schedule.add_argument("--keep", type=int, default=7, help="backups to keep (default 7)")
+    return root
+
+
+def command(args: argparse.Namespace) -> int:
+    from backup.restore import restore_table
+    from backup.schedule import run_schedule, trigger
+    from backup.store import create_backup, find_backup, list_backups, verify_backup
+    from loader.database import database_url
+    from loader.settings import Settings
+    from loader.tables import table_named
+
+    settings = Settings()
+    folder = (args.dir or settings.backup_path).resolve()
+    if args.command == "create":
+        tables = [table_named(name) for name in args.table] if args.table else None
+        made = create_backup(database_url(settings), folder, tables)
+        rows = ", ".join(f"{name} {entry['rows']}" for name, entry in made.tables.items())
+        err.print(f"backup {made.stamp} written to {made.path}: {rows} rows")
+        print(made.stamp)
+    elif args.command == "list":
+        backups = list_backups(folder)
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "stamp": b.stamp,
+                            "path": str(b.path),
+                            "bytes": b.bytes,
+                            "snapshot_at": b.manifest["snapshot_at"],
+                            "tables": {n: e["rows"] for n, e in b.tables.items()},
+                        }
+                        for b in backups
+                    ],
+                    indent=2,
+                )
+            )
+        else:
+            grid = RichTable(title=f"Backups in {folder}")
+            for header in ("stamp", "snapshot (UTC)", "tables and rows", "bytes"):
+                grid.add_column(header)
+            for b in backups:
+                grid.add_row(
+                    b.stamp,
+                    b.manifest["snapshot_at"],
+                    ", ".join(f"{n} {e['rows']}" for n, e in b.tables.items()),
+                    f"{b.bytes:,}",
+                )
+            out.print(grid)
+    elif args.command == "verify":
+        backup = find_backup(folder, args.stamp)
+        checked = verify_backup(backup)
+        err.print(
+            f"backup {backup.stamp} is sound: "
+            + ", ".join(f"{name} {rows} rows" for name, rows in checked.items())
+        )
+    elif args.command == "restore":
+        done = restore_table(
+            database_url(settings), folder, args.table, args.stamp, args.with_dependents
+        )
+        for each in done:
+            err.print(f"restored {each.table}: {each.rows} rows written, {each.deleted} deleted")
+    else:
+        trigger(args.cron)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        err.print(f"backing up to {folder} on {args.cron!r} (UTC), keeping {args.keep}")
+        run_schedule(lambda: database_url(settings), folder, args.cron, args.keep)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from backup.store import BackupError
+    from loader.database import DatabaseUnavailable
+    from loader.embedded import EmbeddedServerError
+
+    try:
+        return command(args)
+    except BackupError as error:
+        err.print(f"error: {error}")
+        return EXIT_REFUSED
+    except (DatabaseUnavailable, EmbeddedServerError) as error:
+        err.print(f"error: {error}")
+        return EXIT_DATABASE
+    except ValueError as error:
+        err.print(f"error: {error}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK if args.command == "schedule" else 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        err.print(f"error: unexpected {type(error).__name__}: {error}")
+        return EXIT_ERROR

@@ -1,0 +1,54 @@
+"""Scheduled backups with APScheduler: a cron expression (UTC) and a retention count."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from backup.store import create_backup, prune
+
+DEFAULT_CRON = "0 0 * * *"  # every midnight, UTC, as the original system did
+
+log = logging.getLogger("backup.schedule")
+
+
+def trigger(cron: str) -> CronTrigger:
+    """A five-field crontab expression, evaluated in UTC; ValueError if malformed."""
+    return CronTrigger.from_crontab(cron, timezone="UTC")
+
+
+def backup_and_prune(url: Callable[[], str], folder: Path, keep: int) -> None:
+    """One scheduled run: a full backup, then keep the newest `keep`. Errors are logged, and
+    the scheduler goes on to the next run."""
+    try:
+        made = create_backup(url(), folder)
+        removed = prune(folder, keep)
+        log.info(
+            "backup %s written (%d tables); pruned %s",
+            made.stamp,
+            len(made.tables),
+            ", ".join(removed) or "nothing",
+        )
+    except Exception as error:  # noqa: BLE001 - a failed night must not stop the schedule
+        log.error("backup failed: %s", error)
+
+
+def run_schedule(url: Callable[[], str], folder: Path, cron: str, keep: int) -> None:
+    """Block, backing up on every firing of `cron` until interrupted."""
+    scheduler = BlockingScheduler(timezone="UTC")
+    scheduler.add_job(
+        backup_and_prune,
+        trigger(cron),
+        args=(url, folder, keep),
+        id="backup",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=3600,
+    )
+    log.info("next backup at %s", trigger(cron).get_next_fire_time(None, datetime.now(UTC)))
+    scheduler.start()

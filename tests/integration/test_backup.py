@@ -1,0 +1,231 @@
+"""AVRO backups against a real PostgreSQL: round trip, damage refused, atomic restores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC
+
+import fastavro
+import psycopg
+import pytest
+
+from backup.restore import restore_table
+from backup.store import BackupError, create_backup, list_backups, prune, verify_backup
+from loader.job import LoadJob
+from loader.sample import write_sample
+from tests.conftest import REPO, settings_for
+
+pytestmark = pytest.mark.database
+
+
+def checksum(url, table):
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            f"select count(*), md5(coalesce(string_agg(t::text, '|' order by t.id), '')) "
+            f"from core.{table} t"
+        ).fetchone()
+
+
+@pytest.fixture(scope="module")
+def loaded(database_url, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("in")
+    write_sample(folder, rows=3000, broken_share=0)
+    state = tmp_path_factory.mktemp("state")
+    LoadJob(settings_for(database_url, state, folder, build_marts=False)).run()
+    return database_url
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    return tmp_path / "backups"
+
+
+def test_create_delete_restore_gives_back_the_same_table(loaded, folder):
+    before = checksum(loaded, "hired_employees")
+    made = create_backup(loaded, folder)
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        conn.execute("delete from core.hired_employees where id % 3 = 0")
+        conn.execute("update core.hired_employees set name = 'changed' where id % 5 = 0")
+    assert checksum(loaded, "hired_employees") != before
+    (done,) = restore_table(loaded, folder, "hired_employees", made.stamp)
+    assert checksum(loaded, "hired_employees") == before
+    assert done.rows == before[0] and done.deleted == 0
+
+
+def test_manifest_describes_every_table_and_files_read_with_plain_fastavro(loaded, folder):
+    made = create_backup(loaded, folder)
+    manifest = json.loads((made.path / "manifest.json").read_text())
+    assert set(manifest["tables"]) == {"departments", "jobs", "hired_employees"}
+    assert manifest["codec"] == "deflate" and manifest["version"]
+    with (made.path / "hired_employees.avro").open("rb") as handle:
+        records = list(fastavro.reader(handle))
+    assert len(records) == manifest["tables"]["hired_employees"]["rows"]
+    with psycopg.connect(loaded) as conn:
+        first = conn.execute(
+            "select id, name, datetime, department_id, job_id "
+            "from core.hired_employees order by id limit 1"
+        ).fetchone()
+    record = records[0]
+    assert (
+        record["id"],
+        record["name"],
+        record["datetime"],
+        record["department_id"],
+        record["job_id"],
+    ) == first
+    assert (
+        record["datetime"].tzinfo is not None
+        and record["datetime"].utcoffset().total_seconds() == 0
+    )
+    assert first[2].astimezone(UTC) == record["datetime"]
+
+
+def test_all_tables_come_from_one_snapshot_while_writes_go_on(loaded, folder):
+    """Rows inserted while the backup runs are in none of its files or in all."""
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
+import psycopg, time
+with psycopg.connect({loaded!r}, autocommit=True) as conn:
+    for i in range(300):
+        conn.execute("insert into core.departments values (%s, 'tmp', 'x', now())", (1000 + i,))
+        conn.execute("insert into core.hired_employees values (%s, 'n', now(), %s, 1, 'x', now())",
+                     (100000 + i, 1000 + i))
+""",
+        ]
+    )
+    try:
+        made = create_backup(loaded, folder)
+    finally:
+        writer.wait(timeout=60)
+    with (made.path / "departments.avro").open("rb") as handle:
+        departments = {r["id"] for r in fastavro.reader(handle)}
+    with (made.path / "hired_employees.avro").open("rb") as handle:
+        referenced = {r["department_id"] for r in fastavro.reader(handle)}
+    assert referenced <= departments, "a hire whose department is not in the same backup"
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        conn.execute("delete from core.hired_employees where id >= 100000")
+        conn.execute("delete from core.departments where id >= 1000")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "manifest", "schema"])
+def test_damaged_backups_are_refused_and_the_table_is_untouched(loaded, folder, damage):
+    made = create_backup(loaded, folder)
+    path = made.path / "hired_employees.avro"
+    manifest_path = made.path / "manifest.json"
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :])
+    else:
+        manifest = json.loads(manifest_path.read_text())
+        entry = manifest["tables"]["hired_employees"]
+        if damage == "manifest":
+            entry["sha256"] = "0" * 64
+        else:
+            entry["schema"]["fields"] = entry["schema"]["fields"][:-1]
+        manifest_path.write_text(json.dumps(manifest))
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        conn.execute("delete from core.hired_employees where id <= 10")
+    before = checksum(loaded, "hired_employees")
+    with pytest.raises(BackupError):
+        verify_backup(list_backups(folder)[-1])
+    with pytest.raises(BackupError):
+        restore_table(loaded, folder, "hired_employees", made.stamp)
+    assert checksum(loaded, "hired_employees") == before
+    create_backup(loaded, folder)  # leave a sound newest backup for the next tests
+
+
+def test_a_parent_restore_that_would_orphan_children_is_refused_naming_them(loaded, folder):
+    made = create_backup(loaded, folder)
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        hire = conn.execute("select max(id) from core.hired_employees").fetchone()[0]
+        conn.execute("insert into core.departments values (77, 'New', 'x', now())")
+        conn.execute("update core.hired_employees set department_id = 77 where id = %s", (hire,))
+    before = checksum(loaded, "departments"), checksum(loaded, "hired_employees")
+    with pytest.raises(
+        BackupError,
+        match=rf"1 hired_employees rows reference departments ids "
+        rf"missing from backup .*hired_employees.id {hire} → 77.*--with-dependents",
+    ):
+        restore_table(loaded, folder, "departments", made.stamp)
+    assert (checksum(loaded, "departments"), checksum(loaded, "hired_employees")) == before
+    done = restore_table(loaded, folder, "departments", made.stamp, with_dependents=True)
+    assert [d.table for d in done] == ["departments", "hired_employees"]
+    with psycopg.connect(loaded) as conn:
+        assert (
+            conn.execute(
+                "select department_id from core.hired_employees where id = %s", (hire,)
+            ).fetchone()[0]
+            != 77
+        )
+        assert (
+            conn.execute("select count(*) from core.departments where id = 77").fetchone()[0] == 0
+        )
+
+
+def test_a_restore_killed_halfway_leaves_the_table_as_it_was(loaded, folder):
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        conn.execute(
+            "insert into core.hired_employees select i, 'bulk', now(), 1, 1, 'x', now() "
+            "from generate_series(100001, 400000) i"
+        )
+    made = create_backup(loaded, folder)
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        conn.execute("delete from core.hired_employees where id > 300000")
+    before = checksum(loaded, "hired_employees")
+    env = {**os.environ, "DATABASE_URL": loaded, "BACKUP_DIR": str(folder), "PYTHONPATH": str(REPO)}
+    restore = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "backup",
+            "restore",
+            "--table",
+            "hired_employees",
+            "--from",
+            made.stamp,
+        ],
+        env=env,
+    )
+    writing = 0
+    with psycopg.connect(loaded, autocommit=True) as watch:
+        while not writing and restore.poll() is None:
+            writing = watch.execute(
+                "select count(*) from pg_stat_activity where state = 'active' "
+                'and query like \'insert into "core"."hired_employees"%%\''
+            ).fetchone()[0]
+            time.sleep(0.01)
+    restore.send_signal(signal.SIGKILL)
+    restore.wait(timeout=30)
+    assert writing, "the restore finished before it could be caught writing"
+    assert checksum(loaded, "hired_employees") == before
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        conn.execute("delete from core.hired_employees where id > 100000")
+
+
+def test_prune_keeps_the_newest(loaded, folder):
+    stamps = [create_backup(loaded, folder).stamp for _ in range(3)]
+    assert prune(folder, 2) == stamps[:1]
+    assert [b.stamp for b in list_backups(folder)] == stamps[1:]
+
+
+def test_a_scheduled_run_backs_up_and_keeps_the_newest(loaded, folder):
+    from backup.schedule import backup_and_prune
+
+    for _ in range(3):
+        backup_and_prune(lambda: loaded, folder, keep=2)
+    backups = list_backups(folder)
+    assert len(backups) == 2
+    assert all(set(b.tables) == {"departments", "jobs", "hired_employees"} for b in backups)
+    backup_and_prune(lambda: "postgresql://nobody@127.0.0.1:9/none", folder, keep=2)
+    assert len(list_backups(folder)) == 2, "a failed night changes nothing and does not raise"
