@@ -96,6 +96,15 @@ def parser() -> argparse.ArgumentParser:
     bi_role.add_argument("--name", default="bi_reader", help="role name (default bi_reader)")
     bi_role.add_argument("--password", required=True, help="the role's password")
 
+    verbs.add_parser("marts", help="run `dbt build` on the database in use (exit 6 on failure)")
+    serve = verbs.add_parser("serve", help="the REST API (FastAPI; OpenAPI at /docs)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="start with no LOADER_API_TOKENS: every endpoint open (development)",
+    )
     verbs.add_parser("docs", help="print where the Great Expectations data docs are")
     verbs.add_parser(
         "expectations",
@@ -204,6 +213,25 @@ def command_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_marts(args: argparse.Namespace) -> int:
+    from loader.database import database_url
+    from loader.marts import build_marts
+
+    settings = settings_from(args)
+    build = build_marts(database_url(settings), settings.state_path)
+    if not build.success:
+        err.print("error: dbt build failed: " + "; ".join(build.failures))
+        return EXIT_DBT
+    err.print("marts rebuilt: " + ", ".join(f"marts.{k} {v} rows" for k, v in build.rows.items()))
+    return EXIT_OK
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    from loader.api.server import serve
+
+    return serve(settings_from(args), args.host, args.port, args.insecure_dev)
+
+
 def command_docs(args: argparse.Namespace) -> int:
     index = settings_from(args).data_docs_dir / "index.html"
     if not index.exists():
@@ -226,6 +254,8 @@ COMMANDS = {
     "run": command_run,
     "sample": command_sample,
     "db": command_db,
+    "marts": command_marts,
+    "serve": command_serve,
     "docs": command_docs,
     "expectations": command_expectations,
 }
@@ -249,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatabaseUnavailable, EmbeddedServerError) as error:
         err.print(f"error: {error}")
         return EXIT_DATABASE
+    except ValueError as error:  # a malformed setting such as LOADER_API_TOKENS
+        err.print(f"error: {error}")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

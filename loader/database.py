@@ -106,6 +106,17 @@ AUDIT_DDL = (
       reasons jsonb not null default '[]',
       settled_at timestamptz not null default now()
     )""",
+    """create table if not exists audit.mart_builds (
+      built_at timestamptz primary key default clock_timestamp(),
+      rows jsonb not null
+    )""",
+    """create table if not exists audit.api_requests (
+      idempotency_key text primary key,
+      body_sha256 text not null,
+      status_code integer,
+      response jsonb,
+      received_at timestamptz not null default now()
+    )""",
     """create table if not exists audit.rejected_rows (
       batch_id text not null references audit.batches (batch_id),
       run_id text not null,

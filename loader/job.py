@@ -9,11 +9,9 @@ be (wrong field count, unclosed quote) stops the run with nothing written but it
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -25,6 +23,7 @@ from loader.marts import build_marts
 from loader.pipeline import RawLoader
 from loader.promote import PROMOTED, BatchInfo, Promoter
 from loader.read import InputError, RawBatch, ReadCounts, read_batches, to_arrow
+from loader.runs import close_run, new_run_id, open_run
 from loader.settings import Settings
 from loader.summary import RunSummary, TableSummary
 from loader.tables import TABLES, Table
@@ -42,10 +41,6 @@ class TableWork:
     summary: TableSummary
     batches: list[BatchInfo]
     verdicts: dict[str, Verdict]
-
-
-def new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def input_files(input_dir: Path) -> dict[str, Path]:
@@ -264,26 +259,19 @@ class LoadJob:
         )
 
     def _record_start(self, conn: psycopg.Connection) -> None:
-        conn.execute(
-            """insert into audit.runs (run_id, started_at, input, batch_size, policy, status)
-            values (%s, now(), %s, %s, %s, 'running')""",
-            (
-                self.run_id,
-                str(self.settings.input_dir),
-                self.settings.batch_size,
-                self.settings.policy,
-            ),
+        open_run(
+            conn,
+            self.run_id,
+            str(self.settings.input_dir),
+            self.settings.batch_size,
+            self.settings.policy,
         )
 
     def _record_end(self, conn: psycopg.Connection, summary: RunSummary, error) -> None:
         data = summary.as_dict()
         if error is not None:
             data["error"] = str(error)
-        conn.execute(
-            "update audit.runs set finished_at = now(), status = %s, summary = %s::jsonb "
-            "where run_id = %s",
-            (summary.status, json.dumps(data), self.run_id),
-        )
+        close_run(conn, self.run_id, summary.status, data)
 
 
 def _input_error_in(error: BaseException) -> InputError | None:

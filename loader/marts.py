@@ -7,13 +7,14 @@ and the loader's build reach the same database.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from psycopg import sql
 
-from loader.database import LIBPQ_VARIABLES, connect, libpq_environment
+from loader.database import LIBPQ_VARIABLES, connect, ensure_schemas, libpq_environment
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MARTS = ("hires_by_quarter", "departments_above_mean")
@@ -63,7 +64,17 @@ def build_marts(url: str, state_dir: Path) -> MartsBuild:
                 build.rows[mart] = conn.execute(
                     sql.SQL("select count(*) from {}").format(sql.Identifier("marts", mart))
                 ).fetchone()[0]
+            ensure_schemas(conn)
+            conn.execute(
+                "insert into audit.mart_builds (rows) values (%s::jsonb)", (json.dumps(build.rows),)
+            )
     return build
+
+
+def marts_as_of(conn) -> str | None:
+    """When the marts were last rebuilt (ISO 8601, UTC), or None if never."""
+    row = conn.execute("select max(built_at) from audit.mart_builds").fetchone()
+    return row[0].isoformat() if row and row[0] else None
 
 
 def _one_line(message: str | None) -> str:

@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 
@@ -106,40 +107,46 @@ def read_batches(
         batch_size: rows per batch (the last batch may be shorter).
         counts: filled in as the file is read, for the run summary.
     """
-    counts = counts if counts is not None else ReadCounts()
-    source = str(path)
     try:
         handle = path.open("rb")
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
     with handle:
-        batch, content = None, bytearray()
-        for line_number, raw in enumerate(handle, start=1):
-            counts.lines = line_number
-            if line_number == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM) :]
-            stripped = raw.rstrip(b"\r\n")
-            if not stripped.strip():
-                counts.blank_lines += 1
-                continue
-            text, problem = decode_line(stripped)
-            fields = split_fields(text, table, f"{path}, line {line_number}")
-            if batch is None:
-                batch, content = RawBatch(table.name, source, line_number), bytearray()
-                batch.values = [[] for _ in table.columns]
-            content += stripped + b"\n"
-            batch.line_numbers.append(line_number)
-            batch.decode_errors.append(problem)
-            for column_values, value in zip(batch.values, fields):
-                column_values.append(value)
-            counts.rows += 1
-            if batch.rows == batch_size:
-                batch.batch_id = batch_id(table.name, batch.first_line, bytes(content))
-                yield batch
-                batch = None
-        if batch is not None:
+        yield from read_stream(handle, str(path), table, batch_size, counts)
+
+
+def read_stream(
+    handle: BinaryIO, source: str, table: Table, batch_size: int, counts: ReadCounts | None = None
+) -> Iterator[RawBatch]:
+    """`read_batches` over any binary stream (a file, or the body of an API request)."""
+    counts = counts if counts is not None else ReadCounts()
+    batch, content = None, bytearray()
+    for line_number, raw in enumerate(handle, start=1):
+        counts.lines = line_number
+        if line_number == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM) :]
+        stripped = raw.rstrip(b"\r\n")
+        if not stripped.strip():
+            counts.blank_lines += 1
+            continue
+        text, problem = decode_line(stripped)
+        fields = split_fields(text, table, f"{source}, line {line_number}")
+        if batch is None:
+            batch, content = RawBatch(table.name, source, line_number), bytearray()
+            batch.values = [[] for _ in table.columns]
+        content += stripped + b"\n"
+        batch.line_numbers.append(line_number)
+        batch.decode_errors.append(problem)
+        for column_values, value in zip(batch.values, fields):
+            column_values.append(value)
+        counts.rows += 1
+        if batch.rows == batch_size:
             batch.batch_id = batch_id(table.name, batch.first_line, bytes(content))
             yield batch
+            batch = None
+    if batch is not None:
+        batch.batch_id = batch_id(table.name, batch.first_line, bytes(content))
+        yield batch
 
 
 def to_arrow(table: Table, batches: list[RawBatch], run_id: str) -> pa.Table:

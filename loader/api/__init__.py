@@ -1,0 +1,1 @@
+"""The REST API: batch inserts through the loader's validation path, reports, audit, backups."""

@@ -1,0 +1,309 @@
+"""The REST API over real HTTP against `python -m loader serve` on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from loader.job import LoadJob
+from loader.sample import write_sample
+from tests.conftest import REPO, settings_for
+
+pytestmark = pytest.mark.database
+
+READ, WRITE, ADMIN = "read-token", "write-token", "admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def api(database_url, tmp_path_factory):
+    """A loaded database (12 departments, 120 jobs) and a running server on it."""
+    folder = tmp_path_factory.mktemp("in")
+    write_sample(folder, rows=500, broken_share=0)
+    state = tmp_path_factory.mktemp("state")
+    LoadJob(settings_for(database_url, state, folder)).run()
+    port = free_port()
+    admin_digest = hashlib.sha256(ADMIN.encode()).hexdigest()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "LOADER_STATE_DIR": str(state),
+        "LOADER_API_TOKENS": f"read:{READ},write:{WRITE},admin:sha256:{admin_digest}",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "loader", "serve", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        server.kill()
+        pytest.fail(f"server did not start: {server.stderr.read()}")
+    yield httpx.Client(base_url=base, timeout=120), database_url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def auth(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def hires(first_id: int, count: int, department=1, when="2021-05-05T10:00:00Z") -> list[dict]:
+    return [
+        {
+            "id": first_id + i,
+            "name": f"API {first_id + i}",
+            "datetime": when,
+            "department_id": department,
+            "job_id": 1 + i % 100,
+        }
+        for i in range(count)
+    ]
+
+
+def count(url: str, query: str, *args):
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, args).fetchone()[0]
+
+
+def test_one_and_a_thousand_rows_are_promoted_and_1001_refused(api):
+    client, url = api
+    one = client.post("/tables/hired_employees/batches", json=hires(10_000, 1), headers=auth(WRITE))
+    assert one.status_code == 201 and one.json()["rows_promoted"] == 1
+    full = client.post(
+        "/tables/hired_employees/batches", json=hires(20_000, 1000), headers=auth(WRITE)
+    )
+    assert full.status_code == 201 and full.json()["rows_promoted"] == 1000
+    assert (
+        count(url, "select count(*) from core.hired_employees where id between 20000 and 20999")
+        == 1000
+    )
+    over = client.post(
+        "/tables/hired_employees/batches", json=hires(30_000, 1001), headers=auth(WRITE)
+    )
+    assert over.status_code == 413
+    assert count(url, "select count(*) from core.hired_employees where id >= 30000") == 0
+
+
+def test_csv_body_goes_through_the_same_path(api):
+    client, url = api
+    body = "40001,Csv Person,2021-02-02T02:02:02Z,2,3\n40002,,2021-02-02T02:02:02Z,2,3\n"
+    answer = client.post(
+        "/tables/hired_employees/batches?policy=quarantine_rows",
+        content=body,
+        headers={**auth(WRITE), "Content-Type": "text/csv"},
+    )
+    assert answer.status_code == 201
+    assert answer.json()["failures"] == [
+        {"index": 1, "field": "name", "rule": "required: present and non-empty"}
+    ]
+    assert count(url, "select count(*) from core.hired_employees where id in (40001, 40002)") == 1
+
+
+def test_one_bad_row_rejects_the_batch_or_only_itself_by_policy(api):
+    client, url = api
+    rows = hires(50_000, 5)
+    rows[3]["datetime"] = "2021-02-30T00:00:00Z"
+    rejected = client.post("/tables/hired_employees/batches", json=rows, headers=auth(WRITE))
+    assert rejected.status_code == 422
+    assert rejected.json()["failures"] == [
+        {"index": 3, "field": "datetime", "rule": "a real instant (the day and time exist)"}
+    ]
+    assert (
+        count(url, "select count(*) from core.hired_employees where id >= 50000 and id < 50005")
+        == 0
+    )
+    batch = rejected.json()["batch_id"]
+    assert count(url, "select status from audit.batches where batch_id = %s", batch) == "rejected"
+    assert count(url, "select line_number from audit.rejected_rows where batch_id = %s", batch) == 4
+    partial = client.post(
+        "/tables/hired_employees/batches?policy=quarantine_rows", json=rows, headers=auth(WRITE)
+    )
+    assert partial.status_code == 201 and partial.json()["status"] == "partially_promoted"
+    assert (
+        count(url, "select count(*) from core.hired_employees where id >= 50000 and id < 50005")
+        == 4
+    )
+    details = client.get(f"/batches/{partial.json()['batch_id']}", headers=auth(READ)).json()
+    assert details["rows_rejected"] == 1 and details["failing_rows"][0]["line"] == 4
+    run = client.get(f"/runs/{details['run_id']}", headers=auth(READ)).json()
+    assert run["status"] == "completed" and run["input"] == "api:hired_employees"
+
+
+def test_unknown_department_is_rejected_with_its_rule(api):
+    client, _ = api
+    answer = client.post(
+        "/tables/hired_employees/batches",
+        json=hires(60_000, 2, department=999),
+        headers=auth(WRITE),
+    )
+    assert answer.status_code == 422
+    assert {f["rule"] for f in answer.json()["failures"]} == {"exists in departments"}
+
+
+def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer_without_writing(api):
+    client, url = api
+    headers = {**auth(WRITE), "Idempotency-Key": "retry-1"}
+    first = client.post("/tables/hired_employees/batches", json=hires(70_000, 3), headers=headers)
+    runs = count(url, "select count(*) from audit.runs")
+    again = client.post("/tables/hired_employees/batches", json=hires(70_000, 3), headers=headers)
+    assert again.status_code == first.status_code == 201
+    assert again.json()["batch_id"] == first.json()["batch_id"] and again.json()["replayed"]
+    assert count(url, "select count(*) from audit.runs") == runs
+    other = client.post("/tables/hired_employees/batches", json=hires(71_000, 3), headers=headers)
+    assert other.status_code == 422 and "another body" in other.json()["detail"]
+
+
+def test_a_repeat_while_the_first_is_running_gets_409(api):
+    client, _ = api
+    headers = {**auth(WRITE), "Idempotency-Key": "slow-1"}
+    answers = {}
+
+    def send(name):
+        answers[name] = client.post(
+            "/tables/hired_employees/batches", json=hires(80_000, 1000), headers=headers
+        ).status_code
+
+    first = threading.Thread(target=send, args=("first",))
+    first.start()
+    time.sleep(0.3)
+    send("second")
+    first.join()
+    assert answers == {"first": 201, "second": 409}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"id": "1"},
+        {"id": True},
+        {"id": 1.0},
+        {"datetime": 1609459200},
+        {"id": 2**31},
+        {"extra": "x"},
+    ],
+)
+def test_strict_request_models_refuse_loose_values(api, bad):
+    client, _ = api
+    row = {**hires(90_000, 1)[0], **bad}
+    answer = client.post("/tables/hired_employees/batches", json=[row], headers=auth(WRITE))
+    assert answer.status_code == 422
+    assert "Traceback" not in answer.text
+
+
+def test_tokens_and_scopes(api):
+    client, _ = api
+    body = hires(95_000, 1)
+    assert client.post("/tables/jobs/batches", json=body).status_code == 401
+    assert client.post(f"/tables/jobs/batches?token={WRITE}", json=body).status_code == 401
+    assert client.post("/tables/jobs/batches", json=body, headers=auth(READ)).status_code == 403
+    assert client.post("/backups", headers=auth(WRITE)).status_code == 403
+    assert client.get(f"/reports/hires-by-quarter?token={READ}").status_code == 200
+    assert client.get("/reports/hires-by-quarter?token=nope").status_code == 401
+    host, port = client.base_url.host, client.base_url.port
+    raw = http.client.HTTPConnection(host, port, timeout=30)
+    raw.putrequest("GET", "/reports/hires-by-quarter")
+    raw.putheader("Authorization", "Bearer ünïcode".encode())
+    raw.endheaders()
+    assert raw.getresponse().status == 401
+
+
+def test_unknown_table_oversized_body_and_health(api):
+    client, _ = api
+    assert client.post("/tables/nope/batches", json=[{}], headers=auth(WRITE)).status_code == 404
+    huge = b"[" + b" " * (3 * 1024 * 1024) + b"]"
+    assert client.post("/tables/jobs/batches", content=huge, headers=auth(WRITE)).status_code == 413
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_reports_equal_the_marts_and_follow_an_accepted_insert(api):
+    client, url = api
+    before = client.get("/reports/departments-above-mean?year=2021", headers=auth(READ)).json()
+    with psycopg.connect(url) as conn:
+        marts = conn.execute(
+            "select id, department, hired from marts.departments_above_mean "
+            "where year = 2021 order by hired desc, id"
+        ).fetchall()
+        department = conn.execute(
+            "select department from core.departments where id = 12"
+        ).fetchone()[0]
+    assert [tuple(r.values()) for r in before["rows"]] == marts
+
+    def fourth_quarter() -> int:
+        report = client.get("/reports/hires-by-quarter?year=2021", headers=auth(READ)).json()
+        return sum(row["Q4"] for row in report["rows"] if row["department"] == department)
+
+    q4 = fourth_quarter()
+    inserted = client.post(
+        "/tables/hired_employees/batches",
+        json=hires(200_000, 500, department=12, when="2021-11-11T11:11:11Z"),
+        headers=auth(WRITE),
+    )
+    assert inserted.status_code == 201
+    deadline = time.time() + 90
+    while fourth_quarter() != q4 + 500 and time.time() < deadline:
+        time.sleep(1)
+    assert fourth_quarter() == q4 + 500, "the insert did not reach the report"
+    after = client.get("/reports/departments-above-mean?year=2021", headers=auth(READ))
+    assert after.json()["as_of"] > before["as_of"]
+    assert after.headers["X-Data-As-Of"] == after.json()["as_of"]
+    csv_answer = client.get(
+        "/reports/hires-by-quarter?year=2021", headers={**auth(READ), "Accept": "text/csv"}
+    )
+    assert csv_answer.text.splitlines()[0] == "department,job,Q1,Q2,Q3,Q4"
+
+
+def test_backup_and_restore_through_the_api(api):
+    client, url = api
+    made = client.post("/backups", headers=auth(ADMIN))
+    assert made.status_code == 201
+    title = count(url, "select job from core.jobs where id = 120")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("update core.jobs set job = 'changed' where id = 120")
+    restored = client.post(
+        "/tables/jobs/restore", json={"from": made.json()["stamp"]}, headers=auth(ADMIN)
+    )
+    assert restored.status_code == 200, restored.text
+    assert count(url, "select job from core.jobs where id = 120") == title
+
+
+def test_the_server_refuses_to_start_without_tokens(database_url, tmp_path):
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "LOADER_STATE_DIR": str(tmp_path),
+        "LOADER_API_TOKENS": "",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "loader", "serve", "--port", "9"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "--insecure-dev" in result.stderr
