@@ -105,6 +105,8 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start with no LOADER_API_TOKENS: every endpoint open (development)",
     )
+    report = verbs.add_parser("report", help="write the dashboard as one self-contained HTML file")
+    report.add_argument("--html", type=Path, required=True, help="file to write")
     verbs.add_parser("docs", help="print where the Great Expectations data docs are")
     verbs.add_parser(
         "expectations",
@@ -232,6 +234,25 @@ def command_serve(args: argparse.Namespace) -> int:
     return serve(settings_from(args), args.host, args.port, args.insecure_dev)
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from loader.dashboard import dashboard_data, latest_validations, render
+    from loader.database import connect, database_url
+
+    settings = settings_from(args)
+    with connect(database_url(settings)) as conn:
+        data = dashboard_data(conn)
+    docs = settings.data_docs_dir / "index.html"
+    page = render(
+        data,
+        inline_js=True,
+        data_docs_url=docs.as_uri() if docs.exists() else None,
+        validations=latest_validations(settings.gx_state_dir),
+    )
+    args.html.write_text(page, encoding="utf-8")
+    err.print(f"wrote {args.html} ({len(page) // 1024} KiB, works offline)")
+    return EXIT_OK
+
+
 def command_docs(args: argparse.Namespace) -> int:
     index = settings_from(args).data_docs_dir / "index.html"
     if not index.exists():
@@ -256,6 +277,7 @@ COMMANDS = {
     "db": command_db,
     "marts": command_marts,
     "serve": command_serve,
+    "report": command_report,
     "docs": command_docs,
     "expectations": command_expectations,
 }

@@ -21,7 +21,7 @@ from loader.database import connect, database_url, ensure_schemas
 from loader.gate import Gate, Verdict
 from loader.marts import build_marts
 from loader.pipeline import RawLoader
-from loader.promote import PROMOTED, BatchInfo, Promoter
+from loader.promote import PROMOTED, BatchInfo, Promoter, Settlement
 from loader.read import InputError, RawBatch, ReadCounts, read_batches, to_arrow
 from loader.runs import close_run, new_run_id, open_run
 from loader.settings import Settings
@@ -232,31 +232,13 @@ class LoadJob:
                     self._log_batch(settlement)
         self.seconds["promote"] += time.perf_counter() - started
 
-    def _log_batch(self, settlement) -> None:
+    def _log_batch(self, settlement: Settlement) -> None:
         batch = settlement.batch
-        path = (
-            self.log_dir / "batches" / f"{batch.table}-line{batch.first_line}-{batch.batch_id}.json"
-        )
+        name = f"{batch.table}-line{batch.first_line}-{batch.batch_id}.json"
+        path = self.log_dir / "batches" / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps(
-                {
-                    "batch_id": batch.batch_id,
-                    "run_id": self.run_id,
-                    "table": batch.table,
-                    "source": batch.source,
-                    "first_line": batch.first_line,
-                    "last_line": batch.last_line,
-                    "status": settlement.status,
-                    "rows_read": batch.rows,
-                    "rows_promoted": settlement.rows_promoted,
-                    "rows_held_back": settlement.rows_rejected,
-                    "reasons": settlement.reasons,
-                    "failing_rows": settlement.rejected_rows,
-                },
-                indent=2,
-            )
-        )
+        entry = {**settlement.record(self.run_id), "failing_rows": settlement.rejected_rows}
+        path.write_text(json.dumps(entry, indent=2))
 
     def _record_start(self, conn: psycopg.Connection) -> None:
         open_run(

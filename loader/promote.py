@@ -9,7 +9,7 @@ promotion rolls the batch back and records it as rejected, so every row ends in 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import psycopg
 from psycopg import sql
@@ -42,6 +42,17 @@ class Settlement:
     rows_rejected: int
     reasons: list[dict] = field(default_factory=list)
     rejected_rows: list[dict] = field(default_factory=list)
+
+    def record(self, run_id: str) -> dict:
+        """The batch's audit record: lineage, verdict, counts and reasons."""
+        return {
+            **asdict(self.batch),
+            "run_id": run_id,
+            "status": self.status,
+            "rows_promoted": self.rows_promoted,
+            "rows_rejected": self.rows_rejected,
+            "reasons": self.reasons,
+        }
 
 
 def _cast(table: Table, alias: str) -> list[sql.Composable]:
@@ -109,7 +120,7 @@ def rejected_rows_statement(table: Table) -> sql.Composed:
 INSERT_BATCH = """insert into audit.batches (batch_id, run_id, table_name, source, first_line,
     last_line, rows_read, rows_promoted, rows_rejected, status, reasons)
     values (%(batch_id)s, %(run_id)s, %(table)s, %(source)s, %(first_line)s, %(last_line)s,
-    %(rows)s, %(promoted)s, %(rejected)s, %(status)s, %(reasons)s::jsonb)"""
+    %(rows)s, %(rows_promoted)s, %(rows_rejected)s, %(status)s, %(reasons)s::jsonb)"""
 
 
 def reasons(verdict: Verdict) -> list[dict]:
@@ -170,34 +181,19 @@ class Promoter:
                 self.conn.execute(upsert, parameters)
                 promoted = batch.rows - len(failing)
             status = REJECTED if reject_all else (PARTIAL if failing else PROMOTED)
-            found_reasons = reasons(verdict)
-            self.conn.execute(
-                INSERT_BATCH,
-                {
-                    "batch_id": batch.batch_id,
-                    "run_id": self.run_id,
-                    "table": batch.table,
-                    "source": batch.source,
-                    "first_line": batch.first_line,
-                    "last_line": batch.last_line,
-                    "rows": batch.rows,
-                    "promoted": promoted,
-                    "rejected": batch.rows - promoted,
-                    "status": status,
-                    "reasons": json.dumps(found_reasons),
-                },
+            settlement = Settlement(
+                batch, status, promoted, batch.rows - promoted, reasons(verdict)
             )
-            rejected_rows = []
+            record = settlement.record(self.run_id)
+            self.conn.execute(INSERT_BATCH, {**record, "reasons": json.dumps(record["reasons"])})
             if failing:
                 failures = {
                     str(line): [failure.as_dict() for failure in found]
                     for line, found in verdict.failing_rows.items()
                 }
                 cursor = self.conn.execute(reject, {**parameters, "failures": json.dumps(failures)})
-                rejected_rows = [
+                settlement.rejected_rows = [
                     {"line": line, "values": values, "failures": found}
                     for line, values, found in cursor.fetchall()
                 ]
-        return Settlement(
-            batch, status, promoted, batch.rows - promoted, found_reasons, rejected_rows
-        )
+        return settlement

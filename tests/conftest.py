@@ -6,11 +6,16 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import psycopg
 import pytest
 
@@ -68,3 +73,43 @@ def sample_dir(tmp_path_factory) -> Path:
 
 def settings_for(url: str, state: Path, input_dir: Path, **overrides) -> Settings:
     return Settings(database_url=url, state_dir=state, input_dir=input_dir, **overrides)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(database_url: str, state: Path, tokens: str):
+    """`python -m loader serve` on a free loopback port; yields its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "LOADER_STATE_DIR": str(state),
+        "LOADER_API_TOKENS": tokens,
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "loader", "serve", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            server.kill()
+            pytest.fail(f"server did not start: {server.stderr.read()}")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

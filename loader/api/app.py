@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loader.api.idempotency import IdempotencyKeys
 from loader.api.refresh import MartsRefresher
-from loader.api.routers import backups, batches, reports
+from loader.api.routers import backups, batches, dashboard, reports
 from loader.api.tokens import parse_tokens
 from loader.database import DatabaseUnavailable, connect
 from loader.ingest import Ingest
@@ -87,7 +87,7 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
     app.state.refresher = MartsRefresher(
         url, {"LOADER_STATE_DIR": str(settings.state_path)}, after_build=app.state.ingest.build_docs
     )
-    for router in (batches.router, reports.router, backups.router):
+    for router in (batches.router, reports.router, backups.router, dashboard.router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

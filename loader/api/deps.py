@@ -20,32 +20,43 @@ def _bearer(request: Request) -> bytes | None:
     return None
 
 
-def require(needed: str, query_token: bool = False) -> Callable:
-    """A dependency admitting callers whose token has `needed` scope (or a wider one).
+COOKIE = "loader_token"
 
-    `query_token` also accepts `?token=` (report endpoints only, for BI tools that cannot set
-    headers: the token then ends up in URLs, proxies' and servers' logs).
+
+def authenticate(request: Request, needed: str, browser: bool = False) -> str:
+    """The caller's scope if it covers `needed`; else HTTPException 401 or 403.
+
+    `browser` also accepts `?token=` and the dashboard's cookie (report endpoints, dashboard
+    and data docs only, for BI tools and people: a token in a URL ends up in logs).
     """
+    state = request.app.state
+    if state.insecure:
+        return "admin"
+    presented = _bearer(request)
+    if presented is None and browser:
+        if "token" in request.query_params:
+            presented = request.query_params["token"].encode("utf-8", "surrogateescape")
+        elif COOKIE in request.cookies:
+            presented = request.cookies[COOKIE].encode("utf-8", "surrogateescape")
+    if presented is None:
+        raise HTTPException(
+            401,
+            "a token is required: Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    scope = scope_of(state.tokens, presented)
+    if scope is None:
+        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+    if not allows(scope, needed):
+        raise HTTPException(403, f"this token's scope is {scope}; {needed} is needed")
+    return scope
+
+
+def require(needed: str, browser: bool = False) -> Callable:
+    """A dependency admitting callers whose token has `needed` scope (or a wider one)."""
 
     def check(request: Request) -> str:
-        state = request.app.state
-        if state.insecure:
-            return "admin"
-        presented = _bearer(request)
-        if presented is None and query_token and "token" in request.query_params:
-            presented = request.query_params["token"].encode("utf-8", "surrogateescape")
-        if presented is None:
-            raise HTTPException(
-                401,
-                "a token is required: Authorization: Bearer <token>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        scope = scope_of(state.tokens, presented)
-        if scope is None:
-            raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
-        if not allows(scope, needed):
-            raise HTTPException(403, f"this token's scope is {scope}; {needed} is needed")
-        return scope
+        return authenticate(request, needed, browser)
 
     return check
 
@@ -57,6 +68,6 @@ def database(request: Request) -> Iterator[psycopg.Connection]:
 
 Database = Annotated[psycopg.Connection, Depends(database)]
 Read = Depends(require("read"))
-ReadOrQueryToken = Depends(require("read", query_token=True))
+ReadOrQueryToken = Depends(require("read", browser=True))
 Write = Depends(require("write"))
 Admin = Depends(require("admin"))

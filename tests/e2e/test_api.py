@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,17 +16,11 @@ import pytest
 
 from loader.job import LoadJob
 from loader.sample import write_sample
-from tests.conftest import REPO, settings_for
+from tests.conftest import REPO, running_server, settings_for
 
 pytestmark = pytest.mark.database
 
 READ, WRITE, ADMIN = "read-token", "write-token", "admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,34 +30,10 @@ def api(database_url, tmp_path_factory):
     write_sample(folder, rows=500, broken_share=0)
     state = tmp_path_factory.mktemp("state")
     LoadJob(settings_for(database_url, state, folder)).run()
-    port = free_port()
     admin_digest = hashlib.sha256(ADMIN.encode()).hexdigest()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "LOADER_STATE_DIR": str(state),
-        "LOADER_API_TOKENS": f"read:{READ},write:{WRITE},admin:sha256:{admin_digest}",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "loader", "serve", "--port", str(port)],
-        env=env,
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        server.kill()
-        pytest.fail(f"server did not start: {server.stderr.read()}")
-    yield httpx.Client(base_url=base, timeout=120), database_url
-    server.terminate()
-    server.wait(timeout=30)
+    tokens = f"read:{READ},write:{WRITE},admin:sha256:{admin_digest}"
+    with running_server(database_url, state, tokens) as base:
+        yield httpx.Client(base_url=base, timeout=120), database_url
 
 
 def auth(token: str) -> dict:

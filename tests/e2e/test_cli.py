@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -169,3 +170,21 @@ def test_a_failing_dbt_build_fails_the_run_with_exit_6(env):
     assert result.returncode == 6
     assert "error: dbt build failed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.database
+def test_report_html_is_one_self_contained_file_with_the_marts(env, tmp_path):
+    assert loader("run", env=env).returncode == 0
+    out = tmp_path / "report.html"
+    result = loader("report", "--html", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    page = out.read_text(encoding="utf-8")
+    external = re.findall(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=\"https?://", page)
+    assert external == [], "nothing is fetched from the network"
+    assert "Plotly" in page and 'id="heat-table"' in page
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        top = conn.execute(
+            "select department, hired from marts.departments_above_mean "
+            "where year = 2021 order by hired desc, id limit 1"
+        ).fetchone()
+    assert f'<th scope="row">{top[0]}</th><td>' in page and f"<td>{top[1]}</td>" in page

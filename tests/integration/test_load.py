@@ -178,6 +178,7 @@ def test_rejected_batches_are_logged_as_json_with_their_failing_rows(clean, tmp_
     assert len(logs) == 1
     entry = json.loads(logs[0].read_text())
     assert entry["status"] == "rejected" and entry["rows_promoted"] == 0
+    assert entry["rows"] == entry["rows_rejected"] == 1000
     assert entry["failing_rows"] and all(row["failures"] for row in entry["failing_rows"])
     saved = json.loads((tmp_path / "state" / "logs" / summary.run_id / "summary.json").read_text())
     assert saved["totals"]["rows_read"] == summary.total("rows_read")

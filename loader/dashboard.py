@@ -1,0 +1,169 @@
+"""The dashboard: both reports as charts with their numbers in accessible tables, the latest
+runs and the top rejection reasons. One HTML page, served by the API at /dashboard or written
+as a self-contained file by `python -m loader report --html`.
+
+Charts are drawn by plotly.js from the `plotly` wheel: served by the app at /static, or inlined
+in the file, never fetched from a CDN, so the page works offline.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+import psycopg
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from loader.database import ensure_schemas
+from loader.marts import marts_as_of
+
+TEMPLATES = Path(__file__).parent / "templates"
+QUARTERS = ("q1", "q2", "q3", "q4")
+
+
+@cache
+def plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def _rows(conn: psycopg.Connection, query: str) -> list[dict]:
+    cursor = conn.execute(query)
+    names = [column.name for column in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def dashboard_data(conn: psycopg.Connection) -> dict:
+    """Everything the page shows, read from the marts and audit (empty before the first run)."""
+    ensure_schemas(conn)
+    built = conn.execute(
+        "select to_regclass('marts.hires_by_quarter') is not null "
+        "and to_regclass('marts.departments_above_mean') is not null"
+    ).fetchone()[0]
+    if not built:
+        by_quarter, above, means = [], [], {}
+    else:
+        by_quarter, above, means = _marts(conn)
+    return _with_audit(conn, by_quarter, above, means)
+
+
+def _marts(conn: psycopg.Connection) -> tuple[list[dict], list[dict], dict]:
+    by_quarter = _rows(
+        conn,
+        "select year, department, job, q1, q2, q3, q4 "
+        "from marts.hires_by_quarter "
+        'order by year, department collate "C", job collate "C"',
+    )
+    above = _rows(
+        conn,
+        "select year, id, department, hired from marts.departments_above_mean "
+        "order by year, hired desc, id",
+    )
+    means = {
+        row["year"]: float(row["mean"])
+        for row in _rows(
+            conn,
+            "select year, sum(q1 + q2 + q3 + q4)::numeric / "
+            "(select count(*) from core.departments) as mean "
+            "from marts.hires_by_quarter group by year",
+        )
+    }
+    return by_quarter, above, means
+
+
+def _with_audit(
+    conn: psycopg.Connection, by_quarter: list[dict], above: list[dict], means: dict
+) -> dict:
+    runs = _rows(
+        conn,
+        """
+        select r.run_id, r.started_at, r.input, r.status,
+               count(*) filter (where b.status = 'promoted') as promoted,
+               count(*) filter (where b.status = 'partially_promoted') as partial,
+               count(*) filter (where b.status = 'rejected') as rejected,
+               coalesce(sum(b.rows_read), 0) as rows_read,
+               coalesce(sum(b.rows_rejected), 0) as rows_held_back
+        from audit.runs r left join audit.batches b on b.run_id = r.run_id
+        group by r.run_id order by r.started_at desc limit 20""",
+    )
+    reasons = _rows(
+        conn,
+        """
+        select reason->>'field' as field, reason->>'rule' as rule,
+               sum(coalesce((reason->>'rows')::int, 0)) as rows
+        from audit.batches, jsonb_array_elements(reasons) as reason
+        group by 1, 2 order by 3 desc, 1, 2 limit 10""",
+    )
+    for run in runs:
+        run["started_at"] = run["started_at"].isoformat(timespec="seconds")
+    years = sorted({row["year"] for row in by_quarter})
+    return {
+        "by_quarter": by_quarter,
+        "above_mean": above,
+        "means": means,
+        "runs": runs,
+        "reasons": reasons,
+        "years": years,
+        "jobs": sorted({row["job"] for row in by_quarter}, key=str.encode),
+        "as_of": marts_as_of(conn),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def latest_validations(gx_state_dir: Path, limit: int = 15) -> list[dict]:
+    """The newest GX validation results, with the data docs page of each (relative path)."""
+    found = []
+    for result in (gx_state_dir / "validations").glob("*/*/*/*.json"):
+        suite, _, run_time, name = result.relative_to(gx_state_dir / "validations").parts
+        try:
+            success = json.loads(result.read_text()).get("success")
+        except (OSError, ValueError):
+            continue
+        page = Path(
+            "validations", suite, "__none__", run_time, name.removesuffix(".json") + ".html"
+        )
+        if (gx_state_dir / "data_docs" / page).exists():
+            found.append(
+                {"table": suite, "run_time": run_time, "success": success, "page": page.as_posix()}
+            )
+    return sorted(found, key=lambda v: v["run_time"], reverse=True)[:limit]
+
+
+def heat_table(data: dict, year: int | None) -> list[dict]:
+    """Report 1 summed over jobs: hires per department and quarter in `year`."""
+    totals: dict[str, list[int]] = {}
+    for row in data["by_quarter"]:
+        if row["year"] == year:
+            counts = totals.setdefault(row["department"], [0, 0, 0, 0])
+            for index, quarter in enumerate(QUARTERS):
+                counts[index] += row[quarter]
+    return [
+        {"department": name, "quarters": counts}
+        for name, counts in sorted(totals.items(), key=lambda item: item[0].encode())
+    ]
+
+
+def render(
+    data: dict, *, inline_js: bool, data_docs_url: str | None, validations: list[dict] | None = None
+) -> str:
+    """The page as HTML; `inline_js` embeds plotly.js (self-contained file). `data_docs_url` is
+    the data docs index; validation pages are linked relative to its folder."""
+    environment = Environment(
+        loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"])
+    )
+    year = 2021 if 2021 in data["years"] else (data["years"][-1] if data["years"] else None)
+    return environment.get_template("dashboard.html.j2").render(
+        data=data,
+        year=year,
+        heat=heat_table(data, year),
+        above=[row for row in data["above_mean"] if row["year"] == year],
+        mean=data["means"].get(year),
+        data_json=json.dumps(data, default=str).replace("<", "\\u003c"),
+        plotly_inline=plotly_js() if inline_js else None,
+        data_docs_url=data_docs_url,
+        docs_base=data_docs_url.rsplit("/", 1)[0] if data_docs_url else None,
+        validations=validations or [],
+    )

@@ -1,0 +1,134 @@
+"""The dashboard and the data docs in a real headless Chromium (Debian's), driven by Playwright:
+the charts draw the numbers of the marts, filters work, and screenshots go to docs/screenshots."""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+
+import psycopg
+import pytest
+
+from loader.job import LoadJob
+from loader.sample import write_sample
+from tests.conftest import REPO, running_server, settings_for
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.database,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="no chromium on this machine (Debian: apt-get install chromium)"
+    ),
+]
+TOKEN = "browser-read-token"
+SHOTS = REPO / "docs" / "screenshots"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def site(database_url, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("in")
+    write_sample(folder, rows=3000)
+    state = tmp_path_factory.mktemp("state")
+    LoadJob(settings_for(database_url, state, folder, policy="quarantine_rows")).run()
+    with running_server(database_url, state, f"read:{TOKEN}") as base:
+        yield base, database_url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield launched
+        launched.close()
+
+
+def marts(url: str, year: int, job: str | None = None):
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "select department, job, q1, q2, q3, q4 from marts.hires_by_quarter where year = %s",
+            (year,),
+        ).fetchall()
+        above = conn.execute(
+            "select department, hired from marts.departments_above_mean "
+            "where year = %s order by hired desc, id",
+            (year,),
+        ).fetchall()
+    totals = defaultdict(lambda: [0, 0, 0, 0])
+    for department, row_job, *quarters in rows:
+        if job is None or row_job == job:
+            totals[department] = [a + b for a, b in zip(totals[department], quarters)]
+    return sorted(([d, *q] for d, q in totals.items()), key=lambda r: r[0].encode()), above
+
+
+def table(page, selector: str) -> list[list]:
+    rows = page.eval_on_selector_all(
+        f"{selector} tbody tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
+    )
+    return [[cells[0], *map(int, cells[1:])] for cells in rows]
+
+
+def test_the_dashboard_draws_the_marts_and_its_filters_work(site, browser):
+    base, url = site
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    prompt = page.goto(f"{base}/dashboard")
+    assert prompt.status == 401 and page.locator("input[name=token]").count() == 1
+    page.fill("input[name=token]", TOKEN)
+    page.click("button")
+    page.wait_for_selector("body[data-rendered=yes]")
+    assert "token" not in page.url, "the token moved to a cookie, out of the address bar"
+    expected_heat, expected_above = marts(url, 2021)
+    assert table(page, "#heat-table") == expected_heat
+    heat_z = page.evaluate("document.getElementById('heatmap').data[0].z")
+    assert heat_z == [row[1:] for row in expected_heat]
+    bars = page.evaluate("document.getElementById('above').data")
+    assert list(zip(bars[0]["x"], bars[0]["y"])) == expected_above
+    assert table(page, "#above-table") == [
+        [d, i, h]
+        for d, i, h in page.evaluate(
+            "[...document.querySelectorAll('#above-table tbody tr')].map(r => "
+            "[r.children[0].textContent, +r.children[1].textContent, +r.children[2].textContent])"
+        )
+    ]
+    mean = bars[1]["y"][0]
+    assert all(hired > mean for _, hired in expected_above)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
+    job = page.eval_on_selector_all("#job option", "o => o.map(x => x.value)")[3]
+    page.select_option("#job", job)
+    assert table(page, "#heat-table") == marts(url, 2021, job)[0]
+    page.select_option("#year", "2020")
+    assert table(page, "#heat-table") == marts(url, 2020, job)[0]
+    page.close()
+
+
+def test_every_validation_is_reachable_in_the_data_docs_with_its_failing_rows(site, browser):
+    base, _ = site
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(f"{base}/dashboard?token={TOKEN}")
+    page.wait_for_selector("body[data-rendered=yes]")
+    listed = page.eval_on_selector_all(
+        "#validations-table tbody tr", "rows => rows.map(r => r.textContent)"
+    )
+    assert any("hired_employees" in row and "failed" in row for row in listed), listed
+    assert any("departments" in row and "passed" in row for row in listed)
+    assert page.request.get(f"{base}/data-docs/index.html").status == 200
+    page.click("#validations-table a:text-is('hired_employees')")
+    page.wait_for_load_state()
+    assert "/data-docs/validations/hired_employees/" in page.url
+    text = page.content()
+    assert "_line_number" in text, "failing rows are listed by line number"
+    assert "must never be null" in text
+    page.screenshot(path=str(SHOTS / "data-docs-validation.png"), full_page=False)
+    page.close()
