@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from psycopg import sql
@@ -36,6 +37,8 @@ def build_marts(url: str, state_dir: Path) -> MartsBuild:
     for variable in LIBPQ_VARIABLES.values():
         os.environ.pop(variable, None)
     os.environ.update(libpq_environment(url))
+    # The marts hold core as it was when the build started: that is their "as of".
+    started = datetime.now(UTC)
     result = dbtRunner().invoke(
         [
             "build",
@@ -66,7 +69,8 @@ def build_marts(url: str, state_dir: Path) -> MartsBuild:
                 ).fetchone()[0]
             ensure_schemas(conn)
             conn.execute(
-                "insert into audit.mart_builds (rows) values (%s::jsonb)", (json.dumps(build.rows),)
+                "insert into audit.mart_builds (built_at, rows) values (%s, %s::jsonb)",
+                (started, json.dumps(build.rows)),
             )
     return build
 
