@@ -236,10 +236,11 @@ def command_serve(args: argparse.Namespace) -> int:
 
 def command_report(args: argparse.Namespace) -> int:
     from loader.dashboard import dashboard_data, latest_validations, render
-    from loader.database import connect, database_url
+    from loader.database import connect, database_url, ensure_schemas
 
     settings = settings_from(args)
     with connect(database_url(settings)) as conn:
+        ensure_schemas(conn)
         data = dashboard_data(conn)
     docs = settings.data_docs_dir / "index.html"
     page = render(

@@ -16,7 +16,6 @@ from pathlib import Path
 import psycopg
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from loader.database import ensure_schemas
 from loader.marts import marts_as_of
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -37,8 +36,10 @@ def _rows(conn: psycopg.Connection, query: str) -> list[dict]:
 
 
 def dashboard_data(conn: psycopg.Connection) -> dict:
-    """Everything the page shows, read from the marts and audit (empty before the first run)."""
-    ensure_schemas(conn)
+    """Everything the page shows, read from the marts and audit (empty before the first run).
+
+    The audit schema must exist: the API creates it at start-up, `report` before calling this.
+    """
     built = conn.execute(
         "select to_regclass('marts.hires_by_quarter') is not null "
         "and to_regclass('marts.departments_above_mean') is not null"
