@@ -59,7 +59,7 @@ def command(args: argparse.Namespace) -> int:
     from backup.restore import restore_table
     from backup.schedule import run_schedule, trigger
     from backup.store import create_backup, find_backup, list_backups, verify_backup
-    from loader.database import database_url
+    from loader.db.connect import database_url
     from loader.settings import Settings
     from loader.tables import table_named
 
@@ -125,8 +125,8 @@ def command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from backup.store import BackupError
-    from loader.database import DatabaseUnavailable
-    from loader.embedded import EmbeddedServerError
+    from loader.db.connect import DatabaseUnavailable
+    from loader.db.embedded import EmbeddedServerError
 
     try:
         return command(args)

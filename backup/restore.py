@@ -16,7 +16,7 @@ from psycopg import sql
 
 from backup.avro import columns_of, read_rows
 from backup.store import BackupError, find_backup, lock_tables, verify_file
-from loader.database import connect
+from loader.db.connect import connect
 from loader.tables import Table, dependents_of, table_named
 
 BLOCKING_SHOWN = 5

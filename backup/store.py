@@ -24,7 +24,7 @@ from backup.avro import (
     schema_shape,
     writer_schema,
 )
-from loader.database import connect, redact
+from loader.db.connect import connect, redact
 from loader.tables import TABLES, Table, table_named
 
 MANIFEST = "manifest.json"

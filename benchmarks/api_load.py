@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from loader.database import database_url
-from loader.job import LoadJob
+from loader.db.connect import database_url
+from loader.flow.run import run_files
 from loader.sample import write_sample
 from loader.settings import Settings
 
@@ -80,14 +80,14 @@ def run(requests: int, clients: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
     write_sample(work / "parents", rows=0)
     api_db = fresh_database(server_url, "bench_api")
-    LoadJob(
+    run_files(
         Settings(
             database_url=api_db,
             state_dir=work / "state-api",
             input_dir=work / "parents",
             build_marts=False,
         )
-    ).run()
+    )
     server, base = start_server(api_db, work / "state-api")
     statuses = []
     try:
@@ -122,11 +122,11 @@ def run(requests: int, clients: int) -> None:
             )
     csv_db = fresh_database(server_url, "bench_api_csv")
     started = time.perf_counter()
-    LoadJob(
+    run_files(
         Settings(
             database_url=csv_db, state_dir=work / "state-csv", input_dir=csv_dir, build_marts=False
         )
-    ).run()
+    )
     csv_seconds = time.perf_counter() - started
     print(
         f"API: {requests} requests x 1000 rows from {clients} clients in {api_seconds:.1f} s: "

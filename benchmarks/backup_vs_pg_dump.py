@@ -22,7 +22,8 @@ from pgserver._commands import POSTGRES_BIN_PATH
 
 from backup.restore import restore_table
 from backup.store import create_backup
-from loader.database import database_url, ensure_schemas
+from loader.db.connect import database_url
+from loader.db.schema import ensure_schemas
 from loader.settings import Settings
 from loader.tables import HIRED_EMPLOYEES
 

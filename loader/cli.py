@@ -1,7 +1,8 @@
 """`python -m loader`: subcommands, options and exit codes; the work itself lives elsewhere.
 
 Exit codes: 0 done, 1 unexpected error, 2 usage, 3 bad input (missing or malformed file),
-4 database unreachable, 5 more rejected rows than --max-rejected-rows, 6 dbt build failed.
+4 database unreachable, 5 more rejected rows than --max-rejected-rows, 6 dbt build failed,
+7 another run holds the database (with --no-wait).
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.console import Console
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_DATABASE, EXIT_REJECTED, EXIT_DBT = range(7)
+(
+    EXIT_OK,
+    EXIT_ERROR,
+    EXIT_USAGE,
+    EXIT_INPUT,
+    EXIT_DATABASE,
+    EXIT_REJECTED,
+    EXIT_DBT,
+    EXIT_BUSY,
+) = range(8)
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -46,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m loader",
         description="Load CSV exports into PostgreSQL, validating every batch.",
         epilog="Exit codes: 0 done, 1 unexpected error, 2 usage, 3 bad input, "
-        "4 database unreachable, 5 rejected rows over --max-rejected-rows, 6 dbt build failed.",
+        "4 database unreachable, 5 rejected rows over --max-rejected-rows, 6 dbt build failed, "
+        "7 another run holds the database (--no-wait).",
     )
     root.add_argument("--version", action="version", version=f"%(prog)s {version('csv-migrate')}")
     verbs = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -73,10 +84,19 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help=f"when another run holds the database, exit {EXIT_BUSY} at once instead of waiting",
+    )
+    run.add_argument(
         "--skip-marts",
         action="store_true",
         help="do not run `dbt build` at the end (LOADER_BUILD_MARTS=false)",
     )
+
+    runs = verbs.add_parser("runs", help="list recent runs and API requests (audit.runs)")
+    runs.add_argument("--limit", type=non_negative, default=20, help="how many (default 20)")
+    runs.add_argument("--json", action="store_true", help="print them as JSON on stdout")
 
     sample = verbs.add_parser("sample", help="write a deterministic sample set of the three files")
     sample.add_argument("--rows", type=non_negative, default=5000, help="hired_employees rows")
@@ -153,11 +173,13 @@ def progress_display():
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from loader.job import LoadJob
+    from loader.flow.run import run_files
 
     settings = settings_from(args)
     with progress_display() as progress:
-        summary = LoadJob(settings, progress).run()
+        summary = run_files(
+            settings, progress, wait=not args.no_wait, notify=lambda text: err.print(text)
+        )
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
@@ -172,6 +194,46 @@ def command_run(args: argparse.Namespace) -> int:
             f"{args.max_rejected_rows}"
         )
         return EXIT_REJECTED
+    failed = summary.total("batches_failed")
+    if failed:
+        err.print(
+            f"warning: {failed} batches failed on transient database errors; "
+            "run again to retry them"
+        )
+    return EXIT_OK
+
+
+def command_runs(args: argparse.Namespace) -> int:
+    from rich.table import Table as RichTable
+
+    from loader.db.connect import connect, database_url
+    from loader.db.schema import ensure_schemas
+    from loader.flow.runs import mark_abandoned, recent_runs
+
+    with connect(database_url(settings_from(args)), autocommit=True) as conn:
+        ensure_schemas(conn)
+        mark_abandoned(conn)
+        runs = recent_runs(conn, args.limit)
+    if args.json:
+        print(json.dumps(runs, indent=2, default=str))
+        return EXIT_OK
+    grid = RichTable(title="Recent runs (newest first)")
+    headers = ("run", "input", "status", "started (UTC)", "seconds", "read", "promoted", "held")
+    for header in headers:
+        grid.add_column(header, justify="right" if header in headers[4:] else "left")
+    for run in runs:
+        grid.add_row(
+            run["run_id"],
+            run["input"],
+            run["status"],
+            f"{run['started_at']:%Y-%m-%d %H:%M:%S}",
+            f"{run['seconds']:.1f}",
+            *(
+                str(run[name] if run[name] is not None else "")
+                for name in ("rows_read", "rows_promoted", "rows_held_back")
+            ),
+        )
+    out.print(grid)
     return EXIT_OK
 
 
@@ -188,8 +250,14 @@ def command_sample(args: argparse.Namespace) -> int:
 
 
 def command_db(args: argparse.Namespace) -> int:
-    from loader.database import connect, database_url, embedded_server, libpq_environment, with_user
-    from loader.roles import grant_marts_reader
+    from loader.db.connect import (
+        connect,
+        database_url,
+        embedded_server,
+        libpq_environment,
+        with_user,
+    )
+    from loader.db.roles import grant_marts_reader
 
     settings = settings_from(args)
     if args.db_command == "url":
@@ -216,8 +284,8 @@ def command_db(args: argparse.Namespace) -> int:
 
 
 def command_marts(args: argparse.Namespace) -> int:
-    from loader.database import database_url
-    from loader.marts import build_marts
+    from loader.db.connect import database_url
+    from loader.marts.build import build_marts
 
     settings = settings_from(args)
     build = build_marts(database_url(settings), settings.state_path)
@@ -235,11 +303,12 @@ def command_serve(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from loader.dashboard import dashboard_data, latest_validations, render
-    from loader.database import connect, database_url, ensure_schemas
+    from loader.db.connect import connect, database_url
+    from loader.db.schema import ensure_schemas
+    from loader.web.dashboard import dashboard_data, latest_validations, render
 
     settings = settings_from(args)
-    with connect(database_url(settings)) as conn:
+    with connect(database_url(settings), autocommit=True) as conn:
         ensure_schemas(conn)
         data = dashboard_data(conn)
     docs = settings.data_docs_dir / "index.html"
@@ -264,8 +333,8 @@ def command_docs(args: argparse.Namespace) -> int:
 
 
 def command_expectations(args: argparse.Namespace) -> int:
-    from loader.gate import write_context
-    from loader.job import EXPECTATIONS_DIR
+    from loader.flow.gate import write_context
+    from loader.settings import EXPECTATIONS_DIR
 
     write_context(EXPECTATIONS_DIR)
     err.print(f"wrote the suites and checkpoints in {EXPECTATIONS_DIR}")
@@ -274,6 +343,7 @@ def command_expectations(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": command_run,
+    "runs": command_runs,
     "sample": command_sample,
     "db": command_db,
     "marts": command_marts,
@@ -286,9 +356,10 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from loader.database import DatabaseUnavailable
-    from loader.embedded import EmbeddedServerError
-    from loader.read import InputError
+    from loader.db.connect import DatabaseUnavailable
+    from loader.db.embedded import EmbeddedServerError
+    from loader.flow.read import InputError
+    from loader.flow.run import RunBusy
 
     try:
         return COMMANDS[args.command](args)
@@ -302,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatabaseUnavailable, EmbeddedServerError) as error:
         err.print(f"error: {error}")
         return EXIT_DATABASE
+    except RunBusy as error:
+        err.print(f"error: {error}")
+        return EXIT_BUSY
     except ValueError as error:  # a malformed setting such as LOADER_API_TOKENS
         err.print(f"error: {error}")
         return EXIT_USAGE

@@ -12,7 +12,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DATA_DIR = Path(__file__).parent / "sample_data"
+EXPECTATIONS_DIR = PROJECT_DIR / "expectations"
 MAX_BATCH_SIZE = 1000
 
 Policy = Literal["reject_batch", "quarantine_rows"]

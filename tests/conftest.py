@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from loader.embedded import EmbeddedServer
+from loader.db.embedded import EmbeddedServer
 from loader.sample import write_sample
 from loader.settings import Settings
 

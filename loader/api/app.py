@@ -15,8 +15,8 @@ from loader.api.idempotency import IdempotencyKeys
 from loader.api.refresh import MartsRefresher
 from loader.api.routers import backups, batches, dashboard, reports
 from loader.api.tokens import parse_tokens
-from loader.database import DatabaseUnavailable, connect
-from loader.ingest import Ingest
+from loader.db.connect import DatabaseUnavailable, connect
+from loader.flow.run import RequestSettler
 from loader.settings import Settings
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # 1000 rows of this data fit in a tenth of it
@@ -82,10 +82,12 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
     app.state.url = url
     app.state.insecure = insecure
     app.state.tokens = parse_tokens(settings.api_tokens)
-    app.state.ingest = Ingest(settings, url)
+    app.state.settler = RequestSettler(settings, url)
     app.state.idempotency = IdempotencyKeys(url)
     app.state.refresher = MartsRefresher(
-        url, {"LOADER_STATE_DIR": str(settings.state_path)}, after_build=app.state.ingest.build_docs
+        url,
+        {"LOADER_STATE_DIR": str(settings.state_path)},
+        after_build=app.state.settler.build_docs,
     )
     for router in (batches.router, reports.router, backups.router, dashboard.router):
         app.include_router(router)

@@ -9,7 +9,7 @@ import psycopg
 from fastapi import Depends, HTTPException, Request
 
 from loader.api.tokens import allows, scope_of
-from loader.database import connect
+from loader.db.connect import connect
 
 
 def _bearer(request: Request) -> bytes | None:

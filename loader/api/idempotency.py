@@ -1,15 +1,16 @@
 """Idempotency-Key handling, kept in audit.api_requests so it survives restarts.
 
-A key is claimed before the work starts: a replay gets the stored answer, a repeat while the
-first is still running gets 409, the same key with another body gets 422. A claim left by a
-crashed request is taken over after ABANDONED_AFTER.
+A key is claimed before the work starts: a replay gets the stored answer, the same key with
+another body gets 422. A repeat while the first is still running goes ahead without owning the
+key: the settlement engine's batch lock makes it wait for the first and answer from the ledger.
+A claim left by a crashed request is taken over after ABANDONED_AFTER.
 """
 
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from loader.database import connect
+from loader.db.connect import connect
 
 ABANDONED_AFTER = "10 minutes"
 
@@ -18,8 +19,9 @@ class IdempotencyKeys:
     def __init__(self, url: str):
         self.url = url
 
-    def claim(self, key: str, body_sha256: str) -> JSONResponse | None:
-        """None if the caller may go ahead; otherwise the answer to send instead."""
+    def claim(self, key: str, body_sha256: str) -> tuple[bool, JSONResponse | None]:
+        """(whether the caller owns the key and stores the answer, the answer to send instead
+        of going ahead, if any)."""
         with connect(self.url, autocommit=True) as conn:
             claimed = conn.execute(
                 "insert into audit.api_requests (idempotency_key, body_sha256) values (%s, %s) "
@@ -31,21 +33,19 @@ class IdempotencyKeys:
                 (key, body_sha256),
             ).fetchone()
             if claimed:
-                return None
+                return True, None
             digest, status, response = conn.execute(
                 "select body_sha256, status_code, response from audit.api_requests "
                 "where idempotency_key = %s",
                 (key,),
             ).fetchone()
         if digest != body_sha256:
-            return JSONResponse(
+            return False, JSONResponse(
                 {"detail": "this Idempotency-Key was used with another body"}, status_code=422
             )
         if status is None:
-            return JSONResponse(
-                {"detail": "a request with this Idempotency-Key is still running"}, status_code=409
-            )
-        return JSONResponse({**response, "replayed": True}, status_code=status)
+            return False, None
+        return False, JSONResponse({**response, "replayed": True}, status_code=status)
 
     def store(self, key: str, response: JSONResponse) -> None:
         with connect(self.url, autocommit=True) as conn:

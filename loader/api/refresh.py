@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 
-from loader.database import libpq_environment
+from loader.db.connect import libpq_environment
 
 log = logging.getLogger("loader.api")
 

@@ -6,7 +6,7 @@ import uvicorn
 from rich.console import Console
 
 from loader.api.tokens import parse_tokens
-from loader.database import database_url, redact
+from loader.db.connect import database_url, redact
 from loader.settings import Settings
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)

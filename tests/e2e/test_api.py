@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from loader.job import LoadJob
+from loader.flow.run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, running_server, settings_for
 
@@ -29,7 +29,7 @@ def api(database_url, tmp_path_factory):
     folder = tmp_path_factory.mktemp("in")
     write_sample(folder, rows=500, broken_share=0)
     state = tmp_path_factory.mktemp("state")
-    LoadJob(settings_for(database_url, state, folder)).run()
+    run_files(settings_for(database_url, state, folder))
     admin_digest = hashlib.sha256(ADMIN.encode()).hexdigest()
     tokens = f"read:{READ},write:{WRITE},admin:sha256:{admin_digest}"
     with running_server(database_url, state, tokens) as base:
@@ -146,22 +146,47 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer_without_wri
     assert other.status_code == 422 and "another body" in other.json()["detail"]
 
 
-def test_a_repeat_while_the_first_is_running_gets_409(api):
-    client, _ = api
-    headers = {**auth(WRITE), "Idempotency-Key": "slow-1"}
-    answers = {}
+def test_fifty_identical_requests_at_once_settle_once_and_the_rest_replay_the_first_answer(api):
+    client, url = api
+    body = hires(80_000, 1000)
+    answers: list[httpx.Response] = []
 
-    def send(name):
-        answers[name] = client.post(
-            "/tables/hired_employees/batches", json=hires(80_000, 1000), headers=headers
-        ).status_code
+    def send(number: int) -> None:
+        # No key, one shared key, and keys of their own: the body decides, not the key.
+        headers = auth(WRITE)
+        if number % 3 == 1:
+            headers = {**headers, "Idempotency-Key": "same-for-all"}
+        elif number % 3 == 2:
+            headers = {**headers, "Idempotency-Key": f"own-{number}"}
+        answers.append(client.post("/tables/hired_employees/batches", json=body, headers=headers))
 
-    first = threading.Thread(target=send, args=("first",))
-    first.start()
-    time.sleep(0.3)
-    send("second")
-    first.join()
-    assert answers == {"first": 201, "second": 409}
+    senders = [threading.Thread(target=send, args=(n,)) for n in range(50)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+
+    assert sorted({answer.status_code for answer in answers}) == [201]
+    batch_ids = {answer.json()["batch_id"] for answer in answers}
+    assert len(batch_ids) == 1
+    assert sum(not answer.json()["replayed"] for answer in answers) == 1
+    (batch_id,) = batch_ids
+    assert (
+        count(url, "select count(*) from raw.hired_employees where _batch_id = %s", batch_id)
+        == 1000
+    )
+    assert count(url, "select count(*) from audit.batches where batch_id = %s", batch_id) == 1
+    assert (
+        count(url, "select count(*) from core.hired_employees where id between 80000 and 80999")
+        == 1000
+    )
+    assert (
+        count(
+            url,
+            "select count(*) from audit.runs where status <> 'completed' and input like 'api:%%'",
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import sys
 import psycopg
 import pytest
 
-from loader.job import LoadJob
+from loader.flow.run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, settings_for
 
@@ -34,7 +34,7 @@ def env(database_url, tmp_path_factory):
     folder = tmp_path_factory.mktemp("in")
     write_sample(folder, rows=1500, broken_share=0)
     state = tmp_path_factory.mktemp("state")
-    LoadJob(settings_for(database_url, state, folder, build_marts=False)).run()
+    run_files(settings_for(database_url, state, folder, build_marts=False))
     return {"DATABASE_URL": database_url, "BACKUP_DIR": str(tmp_path_factory.mktemp("bk"))}
 
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 import psycopg
 import pytest
 
-from loader.job import LoadJob
+from loader.flow.run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, running_server, settings_for
 
@@ -41,7 +41,7 @@ def site(database_url, tmp_path_factory):
     folder = tmp_path_factory.mktemp("in")
     write_sample(folder, rows=3000)
     state = tmp_path_factory.mktemp("state")
-    LoadJob(settings_for(database_url, state, folder, policy="quarantine_rows")).run()
+    run_files(settings_for(database_url, state, folder, policy="quarantine_rows"))
     with running_server(database_url, state, f"read:{TOKEN}") as base:
         yield base, database_url
 

@@ -16,7 +16,7 @@ import pytest
 
 from backup.restore import restore_table
 from backup.store import BackupError, create_backup, list_backups, prune, verify_backup
-from loader.job import LoadJob
+from loader.flow.run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, settings_for
 
@@ -36,7 +36,7 @@ def loaded(database_url, tmp_path_factory):
     folder = tmp_path_factory.mktemp("in")
     write_sample(folder, rows=3000, broken_share=0)
     state = tmp_path_factory.mktemp("state")
-    LoadJob(settings_for(database_url, state, folder, build_marts=False)).run()
+    run_files(settings_for(database_url, state, folder, build_marts=False))
     return database_url
 
 

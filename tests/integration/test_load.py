@@ -9,8 +9,8 @@ import shutil
 import psycopg
 import pytest
 
-from loader.job import LoadJob
-from loader.read import InputError
+from loader.flow.read import InputError
+from loader.flow.run import run_files
 from loader.sample import write_sample
 from loader.tables import TABLES
 from tests.conftest import settings_for
@@ -49,7 +49,7 @@ def clean(database_url):
 def run(url, tmp_path, input_dir, **overrides):
     """The load job without its dbt build (tests/integration/test_marts.py covers that)."""
     settings = settings_for(url, tmp_path / "state", input_dir, build_marts=False, **overrides)
-    return LoadJob(settings).run()
+    return run_files(settings)
 
 
 def test_quarantine_promotes_exactly_the_good_rows_and_logs_each_bad_one(clean, tmp_path):

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from loader.job import LoadJob
-from loader.marts import build_marts
-from loader.roles import grant_marts_reader
+from loader.db.roles import grant_marts_reader
+from loader.flow.run import run_files
+from loader.marts.build import build_marts
 from loader.sample import write_sample
 from tests.conftest import settings_for, with_database
 
@@ -76,7 +76,7 @@ def loaded(database_url, tmp_path_factory):
         name = conn.execute("select current_database()").fetchone()[0]
         conn.execute(f"alter database \"{name}\" set timezone to 'Pacific/Kiritimati'")
     state = tmp_path_factory.mktemp("state")
-    summary = LoadJob(settings_for(database_url, state, folder)).run()
+    summary = run_files(settings_for(database_url, state, folder))
     return folder, summary, state
 
 

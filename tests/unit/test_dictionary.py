@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from loader.database import core_table_ddl, libpq_environment
+from loader.db.connect import libpq_environment
+from loader.db.schema import core_table_ddl
 from loader.tables import TABLES, table_named
 from tests.conftest import REPO
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from loader.gate import Gate
-from loader.job import EXPECTATIONS_DIR
-from loader.read import RawBatch, to_arrow
-from loader.rules import suite_for
+from loader.flow.gate import Gate
+from loader.flow.read import RawBatch, to_arrow
+from loader.flow.rules import suite_for
+from loader.settings import EXPECTATIONS_DIR
 from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES, JOBS, TABLES
 
 GOOD = ["7", "Ana Silva", "2021-03-01T10:00:00Z", "1", "1"]

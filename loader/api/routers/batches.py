@@ -12,8 +12,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from loader.api.deps import Database, Read, Write
 from loader.api.schemas import MAX_ROWS, ROW_MODELS, BatchAnswer, RowFailure
-from loader.promote import REJECTED
-from loader.read import InputError, RawBatch, batch_id, read_stream
+from loader.flow.read import InputError, RawBatch, batch_id, read_stream
+from loader.flow.settle import FAILED, PARTIAL, PROMOTED
 from loader.tables import TABLES_BY_NAME, Table
 
 router = APIRouter(tags=["batches"])
@@ -97,7 +97,11 @@ def answer(
         reasons=reasons,
         replayed=replayed,
     )
-    return JSONResponse(body.model_dump(), status_code=422 if status == REJECTED else 201)
+    if status == FAILED:
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(
+        body.model_dump(), status_code=201 if status in (PROMOTED, PARTIAL) else 422
+    )
 
 
 @router.post(
@@ -108,7 +112,7 @@ def answer(
     responses={
         422: {"description": "rejected: each failing row's index, field, rule"},
         413: {"description": "more than 1000 rows, or body too large"},
-        409: {"description": "the same Idempotency-Key is still running"},
+        503: {"description": "a transient database error outlasted the retries; retry later"},
     },
 )
 async def insert_batch(
@@ -119,24 +123,29 @@ async def insert_batch(
     """Insert 1 to 1000 rows through the loader's path: raw, GX checkpoint, promotion, audit.
 
     Body: a JSON array of row objects, or header-less CSV with `Content-Type: text/csv`.
-    A retried request (same `Idempotency-Key`, or the same body) gets the first answer back.
+    A retried request (same `Idempotency-Key`, or the same body) gets the first answer back
+    with `replayed: true`; identical requests sent at once are settled once and the others
+    wait for that settlement and get it replayed. Status: 201 promoted (wholly or in part),
+    422 held back (rejected, or waiting for a department or job that does not exist yet:
+    sending it again after that arrives re-judges it).
     """
     described = table_or_404(table)
     body = await request.body()
     state = request.app.state
     key = request.headers.get("idempotency-key")
     digest = hashlib.sha256(body).hexdigest()
+    owner = False
     if key is not None:
-        replay = state.idempotency.claim(key, digest)
+        owner, replay = state.idempotency.claim(key, digest)
         if replay is not None:
             return replay
     try:
         response = await _settle(request, described, body, policy or state.settings.policy)
     except BaseException:
-        if key is not None:
+        if owner:
             state.idempotency.release(key)
         raise
-    if key is not None:
+    if owner:
         state.idempotency.store(key, response)
     return response
 
@@ -151,18 +160,20 @@ async def _settle(request: Request, table: Table, body: bytes, policy: str) -> J
     else:
         batch = batch_from_json(table, body, source)
     batch.batch_id = api_batch_id(table, policy, body)
-    previous = await run_in_threadpool(state.ingest.previous, batch.batch_id)
-    if previous is not None:
-        return answer(
-            batch, previous.status, previous.rows_promoted, previous.failing_rows, [], replayed=True
-        )
-    settlement = await run_in_threadpool(state.ingest.settle, table, batch, policy)
-    if settlement.rows_promoted:
+    settlement = await run_in_threadpool(state.settler.settle, table, batch, policy)
+    if settlement.rows_promoted and not settlement.replayed:
         state.refresher.request()
     failing = [
         {"line": row["line"], "failures": row["failures"]} for row in settlement.rejected_rows
     ]
-    return answer(batch, settlement.status, settlement.rows_promoted, failing, settlement.reasons)
+    return answer(
+        batch,
+        settlement.status,
+        settlement.rows_promoted,
+        failing,
+        settlement.reasons,
+        replayed=settlement.replayed,
+    )
 
 
 @router.get("/batches/{batch_id}", dependencies=[Read])

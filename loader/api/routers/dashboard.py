@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from loader.api.deps import COOKIE, Database, authenticate
-from loader.dashboard import TEMPLATES, dashboard_data, latest_validations, plotly_js, render
+from loader.web.dashboard import TEMPLATES, dashboard_data, latest_validations, plotly_js, render
 
 router = APIRouter(tags=["dashboard"])
 

@@ -9,26 +9,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from loader.api.deps import Database, ReadOrQueryToken
-from loader.marts import marts_as_of
+from loader.marts.queries import REPORTS, marts_as_of
 
 router = APIRouter(prefix="/reports", tags=["reports"])
-
-REPORTS = {
-    "hires-by-quarter": (
-        ["department", "job", "Q1", "Q2", "Q3", "Q4"],
-        (
-            "select department, job, q1, q2, q3, q4 from marts.hires_by_quarter where year = %s "
-            'order by department collate "C", job collate "C"'
-        ),
-    ),
-    "departments-above-mean": (
-        ["id", "department", "hired"],
-        (
-            "select id, department, hired from marts.departments_above_mean where year = %s "
-            "order by hired desc, id"
-        ),
-    ),
-}
 
 
 def report(name: str, year: int, request: Request, conn) -> Response:

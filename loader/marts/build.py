@@ -15,9 +15,10 @@ from pathlib import Path
 
 from psycopg import sql
 
-from loader.database import LIBPQ_VARIABLES, connect, ensure_schemas, libpq_environment
+from loader.db.connect import LIBPQ_VARIABLES, connect, libpq_environment
+from loader.db.schema import ensure_schemas
+from loader.settings import PROJECT_DIR
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 MARTS = ("hires_by_quarter", "departments_above_mean")
 
 
@@ -62,7 +63,7 @@ def build_marts(url: str, state_dir: Path) -> MartsBuild:
     ]
     build = MartsBuild(bool(result.success) and not failures, failures)
     if build.success:
-        with connect(url) as conn:
+        with connect(url, autocommit=True) as conn:
             for mart in MARTS:
                 build.rows[mart] = conn.execute(
                     sql.SQL("select count(*) from {}").format(sql.Identifier("marts", mart))
@@ -73,12 +74,6 @@ def build_marts(url: str, state_dir: Path) -> MartsBuild:
                 (started, json.dumps(build.rows)),
             )
     return build
-
-
-def marts_as_of(conn) -> str | None:
-    """When the marts were last rebuilt (ISO 8601, UTC), or None if never."""
-    row = conn.execute("select max(built_at) from audit.mart_builds").fetchone()
-    return row[0].isoformat() if row and row[0] else None
 
 
 def _one_line(message: str | None) -> str:

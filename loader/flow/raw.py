@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 import dlt
 import pyarrow as pa
 
+from loader.db.connect import connect
+from loader.db.locks import schema_lock
 from loader.tables import LINE_NUMBER, LINEAGE, Table
 
 PIPELINE_NAME = "loader"
@@ -52,6 +54,7 @@ class RawLoader:
     """Loads the Arrow chunks of all tables into raw in one dlt run (one load package)."""
 
     def __init__(self, url: str, pipelines_dir: Path):
+        self.url = url
         self.pipeline = dlt.pipeline(
             pipeline_name=PIPELINE_NAME,
             pipelines_dir=str(pipelines_dir),
@@ -70,7 +73,20 @@ class RawLoader:
         def csv_exports():
             return [raw_resource(table, chunks) for table, chunks in chunks_by_table.items()]
 
-        self.pipeline.run(csv_exports(), loader_file_format="csv")
+        if self._tables_exist(chunks_by_table):
+            self.pipeline.run(csv_exports(), loader_file_format="csv")
+            return
+        # The first load creates raw's tables: two pipelines (a run and the API, or two
+        # workers) doing it at once would collide on the DDL.
+        with connect(self.url, autocommit=True) as conn, schema_lock(conn):
+            self.pipeline.run(csv_exports(), loader_file_format="csv")
+
+    def _tables_exist(self, tables: Iterable[Table]) -> bool:
+        with connect(self.url) as conn:
+            return all(
+                conn.execute("select to_regclass(%s)", (f"{DATASET}.{t.name}",)).fetchone()[0]
+                for t in tables
+            )
 
     def discard(self) -> None:
         """Drop extracted packages that will not be loaded (bad input, or a crashed run)."""

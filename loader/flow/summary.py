@@ -11,7 +11,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from loader.promote import PARTIAL, PROMOTED, REJECTED, Settlement
+from loader.flow.settle import (
+    FAILED,
+    PARTIAL,
+    PROMOTED,
+    REJECTED,
+    SETTLED,
+    WAITING,
+    Settlement,
+)
 
 
 @dataclass
@@ -27,17 +35,38 @@ class TableSummary:
     batches_promoted: int = 0
     batches_partially_promoted: int = 0
     batches_rejected: int = 0
+    batches_waiting: int = 0
+    batches_failed: int = 0
     batches_skipped: int = 0
+    batches_rejudged: int = 0
+    batches_retried: int = 0
     rows_skipped: int = 0
     rows_promoted: int = 0
     rows_held_back: int = 0
     rows_failing: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
+    def count_earlier(self, state: str | None, rows: int) -> bool:
+        """Count a batch by its state in the ledger before this run; True if it is skipped."""
+        if state in SETTLED:
+            self.batches_skipped += 1
+            self.rows_skipped += rows
+            return True
+        self.batches_rejudged += state == WAITING
+        self.batches_retried += state == FAILED
+        return False
+
     def add(self, settlement: Settlement) -> None:
+        if settlement.replayed:  # settled meanwhile by someone else: as if skipped
+            self.batches_read -= 1
+            self.batches_skipped += 1
+            self.rows_skipped += settlement.batch.rows
+            return
         self.batches_promoted += settlement.status == PROMOTED
         self.batches_partially_promoted += settlement.status == PARTIAL
         self.batches_rejected += settlement.status == REJECTED
+        self.batches_waiting += settlement.status == WAITING
+        self.batches_failed += settlement.status == FAILED
         self.rows_promoted += settlement.rows_promoted
         self.rows_held_back += settlement.rows_rejected
         self.rows_failing += len(settlement.rejected_rows)
@@ -102,7 +131,11 @@ class RunSummary:
             "b. promoted": "batches_promoted",
             "b. partial": "batches_partially_promoted",
             "b. rejected": "batches_rejected",
+            "b. waiting": "batches_waiting",
+            "b. failed": "batches_failed",
             "b. skipped": "batches_skipped",
+            "re-judged": "batches_rejudged",
+            "retried": "batches_retried",
             "blank lines": "blank_lines",
         }
         grid.add_column("table")
@@ -114,7 +147,9 @@ class RunSummary:
         console.print(grid)
         console.print(
             "  rows: read = promoted + held back (failing rows are among the held back); "
-            "skipped = in batches settled by an earlier run"
+            "skipped = in batches settled by an earlier run; waiting = held back until a "
+            "referenced department or job exists, and re-judged by the next run; failed = a "
+            "transient database error, retried by the next run"
         )
         for reason, rows in self.top_reasons():
             console.print(f"  rejected: {rows:>7} × {reason}")

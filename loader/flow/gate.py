@@ -18,7 +18,12 @@ from pathlib import Path
 import great_expectations as gx
 import pyarrow as pa
 
-from loader.rules import known_ids_parameter, suite_for, validation_frame
+from loader.flow.rules import (
+    REFERENCE_EXPECTATION,
+    known_ids_parameter,
+    suite_for,
+    validation_frame,
+)
 from loader.tables import BATCH_ID, LINE_NUMBER, TABLES, Table
 
 DATASOURCE = "batches"
@@ -43,6 +48,11 @@ class Failure:
 
     def as_dict(self) -> dict:
         return {"field": self.field, "rule": self.rule, "expectation": self.expectation}
+
+    @property
+    def is_reference(self) -> bool:
+        """A missing department or job: the row may pass once it arrives."""
+        return self.expectation == REFERENCE_EXPECTATION
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from loader.marts import marts_as_of
+from loader.marts.queries import marts_as_of
 
 TEMPLATES = Path(__file__).parent / "templates"
 QUARTERS = ("q1", "q2", "q3", "q4")

@@ -1,0 +1,79 @@
+"""PostgreSQL advisory locks: what must not overlap, and the one order they are taken in.
+
+Order, so that no two holders can deadlock on them: run lock (session; file runs; an API
+request holds its batch's lock at this level instead) → table lock (transaction; shared while
+settling into a table or backing it up, exclusive while restoring it) → batch lock
+(transaction; around one batch's settlement). The schema lock and a run's liveness lock are
+taken on their own, never while waiting for another of these.
+
+Keys are pairs `(kind, hashtext(name))`: `kind` keeps our locks apart from each other and from
+other applications' single-key locks on the same database.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import psycopg
+
+SCHEMA, RUN, LIVENESS, TABLE, BATCH = (0x4353_0001 + offset for offset in range(5))
+SINGLETON = "csv-migrate"
+
+
+@contextmanager
+def schema_lock(conn: psycopg.Connection):
+    """Serialise schema set-up and migrations (session-level; waits)."""
+    conn.execute("select pg_advisory_lock(%s, hashtext(%s))", (SCHEMA, SINGLETON))
+    try:
+        yield
+    finally:
+        conn.execute("select pg_advisory_unlock(%s, hashtext(%s))", (SCHEMA, SINGLETON))
+
+
+def try_run_lock(conn: psycopg.Connection) -> bool:
+    """Take the one-run-per-database lock if it is free; held until the session ends."""
+    return conn.execute(
+        "select pg_try_advisory_lock(%s, hashtext(%s))", (RUN, SINGLETON)
+    ).fetchone()[0]
+
+
+def run_lock(conn: psycopg.Connection) -> None:
+    """Wait for the one-run-per-database lock; held until the session ends."""
+    conn.execute("select pg_advisory_lock(%s, hashtext(%s))", (RUN, SINGLETON))
+
+
+def hold_liveness(conn: psycopg.Connection, run_id: str) -> None:
+    """Held by a run for its life: a `running` run whose lock is free has died."""
+    conn.execute("select pg_advisory_lock(%s, hashtext(%s))", (LIVENESS, run_id))
+
+
+def is_alive(conn: psycopg.Connection, run_id: str) -> bool:
+    """True while some session holds the run's liveness lock."""
+    free = conn.execute(
+        "select pg_try_advisory_lock(%s, hashtext(%s))", (LIVENESS, run_id)
+    ).fetchone()[0]
+    if free:
+        conn.execute("select pg_advisory_unlock(%s, hashtext(%s))", (LIVENESS, run_id))
+    return not free
+
+
+def table_lock(conn: psycopg.Connection, table_name: str, exclusive: bool = False) -> None:
+    """Transaction-level: shared to settle into or back up a table, exclusive to restore it."""
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    conn.execute(f"select {function}(%s, hashtext(%s))", (TABLE, table_name))
+
+
+def batch_lock(conn: psycopg.Connection, batch_id: str) -> None:
+    """Transaction-level: one settlement of a batch id at a time."""
+    conn.execute("select pg_advisory_xact_lock(%s, hashtext(%s))", (BATCH, batch_id))
+
+
+@contextmanager
+def request_lock(conn: psycopg.Connection, batch_id: str):
+    """Session-level lock on an API batch for the whole request (in place of the run lock), so
+    identical bodies sent at once are judged and loaded once and then answered from the ledger."""
+    conn.execute("select pg_advisory_lock(%s, hashtext(%s))", (BATCH, batch_id))
+    try:
+        yield
+    finally:
+        conn.execute("select pg_advisory_unlock(%s, hashtext(%s))", (BATCH, batch_id))

@@ -1,0 +1,464 @@
+"""A run: batches from any source through the one path, skip what the ledger has settled →
+judge (the GX gate) → land in raw (dlt) → settle (the settlement engine) → record.
+
+File runs and API requests differ only in where batches come from and which lock they hold
+while they run: `run_files` reads the input folder under the run lock (one file run per
+database), `RequestSettler` takes one request body under that batch's lock. Everything after
+that is `Run`.
+
+Each table is read once, streaming: chunks of whole batches are judged by the gate and handed to
+dlt, so only one chunk is in memory at a time. Nothing is settled until every file has been
+read: a file that is not the table it claims to be (wrong field count, unclosed quote) stops the
+run with nothing promoted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from loader.db.connect import DatabaseUnavailable, connect, database_url, redact
+from loader.db.locks import request_lock, run_lock, try_run_lock
+from loader.db.schema import ensure_schemas
+from loader.flow.gate import Gate, Verdict
+from loader.flow.raw import RawLoader
+from loader.flow.read import InputError, RawBatch, ReadCounts, read_batches, to_arrow
+from loader.flow.runs import (
+    COMPLETED,
+    FAILED,
+    close_run,
+    holder_of_run_lock,
+    mark_abandoned,
+    new_run_id,
+    open_run,
+)
+from loader.flow.settle import (
+    PROMOTED,
+    BatchInfo,
+    Settlement,
+    Settler,
+    held_back,
+    ledger_states,
+    recorded,
+)
+from loader.flow.summary import RunSummary, TableSummary
+from loader.marts.build import build_marts
+from loader.settings import EXPECTATIONS_DIR, Settings
+from loader.tables import TABLES, Table
+
+Progress = Callable[[str, int], None]
+# Where a table's batches come from: a label for the summary, and a function that yields them
+# while filling in the counts it met.
+Source = tuple[str, Callable[[ReadCounts], Iterable[RawBatch]]]
+
+
+class RunBusy(RuntimeError):
+    """Another file run holds the database and the caller chose not to wait."""
+
+
+@dataclass
+class TableWork:
+    """A table's share of the run between reading and settling."""
+
+    table: Table
+    summary: TableSummary
+    batches: list[BatchInfo]
+    verdicts: dict[str, Verdict]
+
+
+def input_files(input_dir: Path) -> dict[str, Path]:
+    """The three files, or an InputError naming the first one missing."""
+    if not input_dir.is_dir():
+        raise InputError(f"{input_dir}: input folder not found")
+    files = {table.name: input_dir / table.file_name for table in TABLES}
+    for path in files.values():
+        if not path.is_file():
+            raise InputError(
+                f"{path}: file not found (expected {', '.join(t.file_name for t in TABLES)})"
+            )
+    return files
+
+
+def known_ids(conn: psycopg.Connection, tables: Iterable[Table]) -> dict[str, list[int]]:
+    """The ids in core of every table that `tables` reference: what the reference rule checks."""
+    referenced = {column.references for table in tables for column in table.foreign_keys}
+    return {
+        name: [
+            row[0]
+            for row in conn.execute(
+                sql.SQL("select id from {}").format(sql.Identifier("core", name))
+            )
+        ]
+        for name in sorted(referenced)
+    }
+
+
+def accepted_ids(table: Table, batch: RawBatch, verdict: Verdict, policy: str) -> list[int]:
+    """Ids this batch will put in core, which later tables of the same run may reference."""
+    _, promotes = held_back(verdict, policy)
+    if not promotes:
+        return []
+    keys = batch.values[table.column_names.index(table.primary_key)]
+    return [
+        int(key) for line, key in zip(batch.line_numbers, keys) if line not in verdict.failing_rows
+    ]
+
+
+class Run:
+    """One run over batches from any source, recorded in audit.runs on `conn`.
+
+    `conn` (autocommit) carries the run's liveness lock and its settlements; the caller holds
+    the lock that keeps this run apart from others (run lock or request lock).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        conn: psycopg.Connection,
+        gate: Gate,
+        raw: RawLoader,
+        label: str,
+        policy: str,
+        batch_size: int,
+        progress: Progress | None = None,
+    ):
+        self.settings = settings
+        self.conn = conn
+        self.gate = gate
+        self.raw = raw
+        self.policy = policy
+        self.batch_size = batch_size
+        self.progress = progress or (lambda table, rows: None)
+        self.run_id = new_run_id()
+        self.settlements: list[Settlement] = []
+        self.seconds = dict.fromkeys(
+            ("read", "validate", "raw load", "promote", "data docs", "dbt build"), 0.0
+        )
+        self.summary = RunSummary(self.run_id, label, batch_size, policy, log_dir=str(self.log_dir))
+        open_run(conn, self.run_id, label, batch_size, policy)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.logs_dir / self.run_id
+
+    def load_and_settle(self, sources: dict[Table, Source], ledger: dict[str, str]) -> None:
+        """Judge and land every batch not settled in `ledger` (batch id → state), then settle."""
+        work = self._read_judge_load(sources, ledger)
+        self.summary.tables = [item.summary for item in work]
+        started = time.perf_counter()
+        settler = Settler(self.conn, self.run_id, self.policy)
+        for item in work:
+            for batch in item.batches:
+                settlement = settler.settle(item.table, batch, item.verdicts[batch.batch_id])
+                self.settlements.append(settlement)
+                item.summary.add(settlement)
+                if settlement.status != PROMOTED and not settlement.replayed:
+                    self._log_batch(settlement)
+        self.seconds["promote"] += time.perf_counter() - started
+
+    def finish(self, error: BaseException | None = None) -> RunSummary:
+        """Close the run's row (`completed`, or `failed` with the error) and return its summary.
+
+        With the database gone the row cannot be closed: the next run marks it abandoned.
+        """
+        summary = self.summary
+        summary.seconds = {stage: round(seconds, 3) for stage, seconds in self.seconds.items()}
+        data = summary.as_dict()
+        if error is not None:
+            summary.status = FAILED
+            data["status"], data["error"] = FAILED, _first_line(error)
+        with suppress(psycopg.Error):
+            close_run(self.conn, self.run_id, COMPLETED if error is None else FAILED, data)
+        return summary
+
+    def _read_judge_load(
+        self, sources: dict[Table, Source], ledger: dict[str, str]
+    ) -> list[TableWork]:
+        known = known_ids(self.conn, sources)
+        work = [
+            TableWork(table, TableSummary(table.name, label), [], {})
+            for table, (label, _) in sources.items()
+        ]
+        started = time.perf_counter()
+        try:
+            self.raw.load(
+                {
+                    item.table: self._chunks(item, sources[item.table][1], ledger, known)
+                    for item in work
+                }
+            )
+        except BaseException as error:
+            with suppress(Exception):
+                self.raw.discard()
+            cause = _input_error_in(error)
+            if cause is not None:
+                raise cause from None
+            raise
+        self.seconds["raw load"] = time.perf_counter() - started - self.seconds["read"]
+        self.seconds["read"] -= self.seconds["validate"]
+        return work
+
+    def _chunks(
+        self,
+        item: TableWork,
+        batches: Callable[[ReadCounts], Iterable[RawBatch]],
+        ledger: dict[str, str],
+        known: dict[str, list[int]],
+    ) -> Iterator[pa.Table]:
+        counts = ReadCounts()
+        pending: list[RawBatch] = []
+        pending_rows = 0
+        resumed = time.perf_counter()
+        for batch in batches(counts):
+            state = ledger.get(batch.batch_id)
+            if item.summary.count_earlier(state, batch.rows):
+                continue
+            pending.append(batch)
+            pending_rows += batch.rows
+            if pending_rows >= self.settings.chunk_rows:
+                chunk = self._judged(item, pending, known)
+                self.progress(item.table.name, counts.rows)
+                self.seconds["read"] += time.perf_counter() - resumed
+                yield chunk
+                resumed, pending, pending_rows = time.perf_counter(), [], 0
+        item.summary.lines, item.summary.blank_lines = counts.lines, counts.blank_lines
+        item.summary.rows_read = counts.rows
+        self.progress(item.table.name, counts.rows)
+        if pending:
+            chunk = self._judged(item, pending, known)
+            self.seconds["read"] += time.perf_counter() - resumed
+            yield chunk
+
+    def _judged(
+        self, item: TableWork, batches: list[RawBatch], known: dict[str, list[int]]
+    ) -> pa.Table:
+        chunk = to_arrow(item.table, batches, self.run_id)
+        started = time.perf_counter()
+        referenced = {
+            column.references: known[column.references] for column in item.table.foreign_keys
+        }
+        verdicts = self.gate.check(
+            item.table, chunk, [batch.batch_id for batch in batches], referenced
+        )
+        self.seconds["validate"] += time.perf_counter() - started
+        item.verdicts.update(verdicts)
+        for batch in batches:
+            item.batches.append(
+                BatchInfo(
+                    batch.batch_id,
+                    batch.table,
+                    batch.source,
+                    batch.first_line,
+                    batch.last_line,
+                    batch.rows,
+                )
+            )
+            if item.table.name in known:
+                known[item.table.name] += accepted_ids(
+                    item.table, batch, verdicts[batch.batch_id], self.policy
+                )
+        item.summary.batches_read += len(batches)
+        return chunk
+
+    def _log_batch(self, settlement: Settlement) -> None:
+        batch = settlement.batch
+        name = f"{batch.table}-line{batch.first_line}-{batch.batch_id}.json"
+        path = self.log_dir / "batches" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {**settlement.record(self.run_id), "failing_rows": settlement.rejected_rows}
+        path.write_text(json.dumps(entry, indent=2))
+
+
+def run_files(
+    settings: Settings,
+    progress: Progress | None = None,
+    wait: bool = True,
+    notify: Callable[[str], None] = lambda message: None,
+) -> RunSummary:
+    """`python -m loader run`: the input folder through the path, then data docs and marts.
+
+    Args:
+        wait: when another file run holds the database, wait for it (`notify` is told once
+            whom we wait for) rather than raise RunBusy.
+    """
+    files = input_files(settings.input_dir)
+    url = database_url(settings)
+    try:
+        with connect(url, autocommit=True) as conn:
+            _take_run_lock(conn, url, wait, notify)
+            run = Run(
+                settings,
+                conn,
+                Gate(EXPECTATIONS_DIR, settings.gx_state_dir),
+                RawLoader(url, settings.dlt_dir),
+                str(settings.input_dir),
+                settings.policy,
+                settings.batch_size,
+                progress,
+            )
+            try:
+                sources = {
+                    table: (
+                        str(files[table.name]),
+                        _file_batches(files[table.name], table, settings.batch_size),
+                    )
+                    for table in TABLES
+                }
+                run.load_and_settle(sources, ledger_states(conn))
+                _build_docs(run)
+                if settings.build_marts:
+                    _build_marts(run, url)
+            except BaseException as error:
+                run.finish(error)
+                raise
+            summary = run.finish()
+    except (InputError, DatabaseUnavailable, RunBusy, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        if _database_gone(url):
+            raise _as_database_error(error, url) from None
+        raise
+    summary.write(run.log_dir / "summary.json")
+    return summary
+
+
+def _take_run_lock(
+    conn: psycopg.Connection, url: str, wait: bool, notify: Callable[[str], None]
+) -> None:
+    """Set up the schemas, mark dead runs abandoned, and take the one-file-run lock."""
+    ensure_schemas(conn)
+    mark_abandoned(conn)
+    if try_run_lock(conn):
+        return
+    holder = holder_of_run_lock(conn)
+    if not wait:
+        raise RunBusy(f"{holder} holds {redact(url)}; not waiting (--no-wait)")
+    notify(f"waiting for {holder} to finish on {redact(url)}")
+    run_lock(conn)
+
+
+def _file_batches(path: Path, table: Table, batch_size: int):
+    return lambda counts: read_batches(path, table, batch_size, counts)
+
+
+def _build_docs(run: Run) -> None:
+    started = time.perf_counter()
+    run.summary.data_docs = str(run.gate.build_docs())
+    run.seconds["data docs"] = time.perf_counter() - started
+
+
+def _build_marts(run: Run, url: str) -> None:
+    started = time.perf_counter()
+    build = build_marts(url, run.settings.state_path)
+    run.seconds["dbt build"] = time.perf_counter() - started
+    run.summary.marts_status = "rebuilt" if build.success else "dbt build failed"
+    run.summary.marts, run.summary.marts_failures = build.rows, build.failures
+
+
+def _database_gone(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=3) as probe:
+            probe.execute("select 1")
+    except psycopg.Error:
+        return True
+    return False
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _as_database_error(error: BaseException, url: str) -> DatabaseUnavailable:
+    reason = _first_line(error)
+    return DatabaseUnavailable(
+        f"lost the database {redact(url)} during the run ({reason}); run again to finish: "
+        "settled batches are kept and the rest are retried"
+    )
+
+
+class RequestSettler:
+    """Settles API batches: each request is a run of one batch through the same path.
+
+    Requests for the same body wait for each other on that batch's lock and are then answered
+    from the ledger; a process-wide lock keeps the dlt pipeline folder and the GX context to
+    one request at a time.
+    """
+
+    def __init__(self, settings: Settings, url: str):
+        self.settings = settings
+        self.url = url
+        self.gate = Gate(EXPECTATIONS_DIR, settings.gx_state_dir)
+        self.raw = RawLoader(url, settings.dlt_dir / "api")
+        self.lock = threading.Lock()
+        with connect(url, autocommit=True) as conn:
+            ensure_schemas(conn)
+            mark_abandoned(conn)
+
+    def settle(self, table: Table, batch: RawBatch, policy: str) -> Settlement:
+        """The batch's settlement: made now, or the earlier one (`replayed`)."""
+        info = BatchInfo(
+            batch.batch_id, table.name, batch.source, batch.first_line, batch.last_line, batch.rows
+        )
+        with connect(self.url, autocommit=True) as conn, request_lock(conn, batch.batch_id):
+            earlier = recorded(conn, info)
+            if earlier is not None:
+                return earlier
+            ledger = dict(
+                conn.execute(
+                    "select batch_id, status from audit.batches where batch_id = %s",
+                    (batch.batch_id,),
+                ).fetchall()
+            )
+            with self.lock:
+                run = Run(
+                    self.settings,
+                    conn,
+                    self.gate,
+                    self.raw,
+                    f"api:{table.name}",
+                    policy,
+                    batch.rows,
+                )
+                try:
+                    run.load_and_settle({table: (batch.source, _one_batch(batch))}, ledger)
+                except BaseException as error:
+                    run.finish(error)
+                    raise
+                run.finish()
+            return run.settlements[0]
+
+    def build_docs(self) -> None:
+        """Add the validations made since the last call to the GX data docs."""
+        with self.lock:
+            if self.gate.validated:
+                self.gate.build_docs()
+                self.gate.validated.clear()
+
+
+def _one_batch(batch: RawBatch):
+    def batches(counts: ReadCounts) -> list[RawBatch]:
+        counts.lines = counts.rows = batch.rows
+        return [batch]
+
+    return batches
+
+
+def _input_error_in(error: BaseException) -> InputError | None:
+    """dlt wraps exceptions raised while extracting; find a user's input error inside."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, InputError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
