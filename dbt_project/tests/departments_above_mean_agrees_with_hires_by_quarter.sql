@@ -1,49 +1,73 @@
--- Report 2 must follow from report 1: per year, the departments whose hires summed over
--- report 1 exceed that year's mean over all departments (0 for those absent), with that sum.
-with by_quarter as (
+-- Report 2 follows from report 1 of the same build: both are built from one table, one
+-- snapshot of core, never from the live views. Fails with every row of report 2 whose mean is
+-- not report 1's hires of that year over every department in that snapshot, and with every
+-- year and department name whose hires in report 2 exceed report 1's under that name (equal
+-- when the name is unique; departments that share a name share a row of report 1).
+with hires_by_quarter as (
     select * from {{ ref('hires_by_quarter') }}
 ),
 
-departments as (
-    select * from {{ ref('stg_core__departments') }}
+departments_above_mean as (
+    select * from {{ ref('departments_above_mean') }}
 ),
 
-department_totals as (
-    select year, department, sum(q1 + q2 + q3 + q4) as hired
-    from by_quarter
-    group by year, department
+hires_per_department_job as (
+    select * from {{ ref('int_hires_per_department_job') }}
 ),
 
-yearly_mean as (
-    select
-        department_totals.year,
-        sum(department_totals.hired) / (select count(*) from departments) as mean_hired
-    from department_totals
-    group by department_totals.year
+snapshot as (
+    select distinct department_count from hires_per_department_job
 ),
 
-expected as (
-    select department_totals.year, department_totals.department, department_totals.hired
-    from department_totals
-    inner join yearly_mean on department_totals.year = yearly_mean.year
-    where department_totals.hired > yearly_mean.mean_hired
+yearly_hires as (
+    select year, sum(hired) as hired
+    from hires_by_quarter
+    group by year
 ),
 
-reported as (
+hires_per_name as (
     select year, department, sum(hired) as hired
-    from {{ ref('departments_above_mean') }}
+    from hires_by_quarter
     group by year, department
+),
+
+reported_per_name as (
+    select year, department, sum(hired) as hired
+    from departments_above_mean
+    group by year, department
+),
+
+wrong_means as (
+    select
+        departments_above_mean.year,
+        departments_above_mean.department,
+        'mean_hired' as disagreement
+    from departments_above_mean
+    cross join snapshot
+    left join yearly_hires on departments_above_mean.year = yearly_hires.year
+    where
+        yearly_hires.hired is null
+        or abs(
+            departments_above_mean.mean_hired - yearly_hires.hired / snapshot.department_count
+        ) > 1e-9
+),
+
+wrong_hires as (
+    select
+        reported_per_name.year,
+        reported_per_name.department,
+        'hired' as disagreement
+    from reported_per_name
+    left join hires_per_name
+        on reported_per_name.year = hires_per_name.year
+        and reported_per_name.department = hires_per_name.department
+    where hires_per_name.hired is null or reported_per_name.hired > hires_per_name.hired
 ),
 
 final as (
-    select coalesce(expected.year, reported.year) as year,
-        coalesce(expected.department, reported.department) as department,
-        expected.hired as expected_hired,
-        reported.hired as reported_hired
-    from expected
-    full outer join reported
-        on expected.year = reported.year and expected.department = reported.department
-    where expected.hired is distinct from reported.hired
+    select * from wrong_means
+    union all
+    select * from wrong_hires
 )
 
 select * from final

@@ -4,7 +4,8 @@ Order, so that no two holders can deadlock on them: run lock (session; file runs
 request holds its batch's lock at this level instead) → table lock (transaction; shared while
 settling into a table or backing it up, exclusive while restoring it) → batch lock
 (transaction; around one batch's settlement). The schema lock and a run's liveness lock are
-taken on their own, never while waiting for another of these.
+taken on their own, never while waiting for another of these; the marts lock is taken last
+(a file run holds its run lock while it builds the marts).
 
 Keys are pairs `(kind, hashtext(name))`: `kind` keeps our locks apart from each other and from
 other applications' single-key locks on the same database.
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-SCHEMA, RUN, LIVENESS, TABLE, BATCH = (0x4353_0001 + offset for offset in range(5))
+SCHEMA, RUN, LIVENESS, TABLE, BATCH, MARTS = (0x4353_0001 + offset for offset in range(6))
 SINGLETON = "csv-migrate"
 
 
@@ -28,6 +29,16 @@ def schema_lock(conn: psycopg.Connection):
         yield
     finally:
         conn.execute("select pg_advisory_unlock(%s, hashtext(%s))", (SCHEMA, SINGLETON))
+
+
+@contextmanager
+def marts_lock(conn: psycopg.Connection):
+    """One `dbt build` at a time: two builds swapping the same views and tables collide."""
+    conn.execute("select pg_advisory_lock(%s, hashtext(%s))", (MARTS, SINGLETON))
+    try:
+        yield
+    finally:
+        conn.execute("select pg_advisory_unlock(%s, hashtext(%s))", (MARTS, SINGLETON))
 
 
 def try_run_lock(conn: psycopg.Connection) -> bool:

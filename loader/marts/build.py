@@ -16,10 +16,12 @@ from pathlib import Path
 from psycopg import sql
 
 from loader.db.connect import LIBPQ_VARIABLES, connect, libpq_environment
+from loader.db.locks import marts_lock
 from loader.db.schema import ensure_schemas
 from loader.settings import PROJECT_DIR
 
 MARTS = ("hires_by_quarter", "departments_above_mean")
+SNAPSHOT_TABLE = "staging.int_hires_per_department_job"
 
 
 @dataclass
@@ -32,14 +34,37 @@ class MartsBuild:
 
 
 def build_marts(url: str, state_dir: Path) -> MartsBuild:
-    """Run `dbt build` on the database at `url`; artefacts and logs go under `state_dir`."""
-    from dbt.cli.main import dbtRunner
+    """Run `dbt build` on the database at `url`; artefacts and logs go under `state_dir`.
 
+    Builds are serialised by the marts lock. Every mart is derived from one table built by one
+    statement (`staging.int_hires_per_department_job`), so the marts show one state of core:
+    everything committed before that statement began, which is recorded as their `as_of`.
+    """
     for variable in LIBPQ_VARIABLES.values():
         os.environ.pop(variable, None)
     os.environ.update(libpq_environment(url))
-    # The marts hold core as it was when the build started: that is their "as of".
-    started = datetime.now(UTC)
+    with connect(url, autocommit=True) as conn, marts_lock(conn):
+        ensure_schemas(conn)
+        started = datetime.now(UTC)
+        build = _dbt_build(state_dir)
+        if not build.success:
+            return build
+        for mart in MARTS:
+            build.rows[mart] = conn.execute(
+                sql.SQL("select count(*) from {}").format(sql.Identifier("marts", mart))
+            ).fetchone()[0]
+        snapshot = conn.execute(f"select max(snapshot_at) from {SNAPSHOT_TABLE}").fetchone()[0]
+        conn.execute(
+            "insert into audit.mart_builds (built_at, rows) values (%s, %s::jsonb) "
+            "on conflict (built_at) do nothing",
+            (snapshot or started, json.dumps(build.rows)),
+        )
+    return build
+
+
+def _dbt_build(state_dir: Path) -> MartsBuild:
+    from dbt.cli.main import dbtRunner
+
     result = dbtRunner().invoke(
         [
             "build",
@@ -61,19 +86,7 @@ def build_marts(url: str, state_dir: Path) -> MartsBuild:
         for node in (result.result or [])
         if str(node.status) in ("error", "fail", "runtime error")
     ]
-    build = MartsBuild(bool(result.success) and not failures, failures)
-    if build.success:
-        with connect(url, autocommit=True) as conn:
-            for mart in MARTS:
-                build.rows[mart] = conn.execute(
-                    sql.SQL("select count(*) from {}").format(sql.Identifier("marts", mart))
-                ).fetchone()[0]
-            ensure_schemas(conn)
-            conn.execute(
-                "insert into audit.mart_builds (built_at, rows) values (%s, %s::jsonb)",
-                (started, json.dumps(build.rows)),
-            )
-    return build
+    return MartsBuild(bool(result.success) and not failures, failures)
 
 
 def _one_line(message: str | None) -> str:

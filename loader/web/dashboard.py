@@ -67,9 +67,9 @@ def _marts(conn: psycopg.Connection) -> tuple[list[dict], list[dict], dict]:
         row["year"]: float(row["mean"])
         for row in _rows(
             conn,
-            "select year, sum(q1 + q2 + q3 + q4)::numeric / "
-            "(select count(*) from core.departments) as mean "
-            "from marts.hires_by_quarter group by year",
+            # The mean of the same snapshot the marts were built from, not of core today.
+            "select year, sum(hired)::numeric / max(department_count) as mean "
+            "from staging.int_hires_per_department_job group by year",
         )
     }
     return by_quarter, above, means

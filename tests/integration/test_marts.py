@@ -133,13 +133,17 @@ def test_bi_role_reads_marts_after_rebuilds_and_is_refused_elsewhere(loaded, dat
 
 
 def test_a_failing_dbt_build_is_reported_not_raised(tmp_path, server_url):
-    name = f"test_empty_{secrets.token_hex(3)}"
+    name = f"test_broken_{secrets.token_hex(3)}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'create database "{name}"')
+    with psycopg.connect(with_database(server_url, name), autocommit=True) as conn:
+        # A jobs table someone made by hand, without the column the staging model reads.
+        conn.execute("create schema core")
+        conn.execute("create table core.jobs (id integer primary key)")
     try:
         build = build_marts(with_database(server_url, name), tmp_path)
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'drop database "{name}" with (force)')
     assert not build.success
-    assert any('relation "core.jobs" does not exist' in failure for failure in build.failures)
+    assert any('column "job" does not exist' in failure for failure in build.failures)

@@ -1,36 +1,25 @@
 with hires as (
-    select * from {{ ref('stg_core__hired_employees') }}
-),
-
-departments as (
-    select * from {{ ref('stg_core__departments') }}
-),
-
-years as (
-    select distinct hired_year as year from hires
+    select * from {{ ref('int_hires_per_department_job') }}
 ),
 
 hires_per_department as (
-    -- Every department in every year, with 0 where it hired nobody: the mean counts them.
     select
-        years.year,
-        departments.department_id as id,
-        departments.department_name as department,
-        count(hires.employee_id) as hired
-    from years
-    cross join departments
-    left join hires
-        on hires.department_id = departments.department_id
-        and hires.hired_year = years.year
-    group by years.year, departments.department_id, departments.department_name
+        year,
+        department_id as id,
+        department_name as department,
+        cast(sum(hired) as bigint) as hired
+    from hires
+    group by year, department_id, department_name
 ),
 
 yearly_mean as (
+    -- Divided by every department of the snapshot, so one that hired nobody counts as 0.
+    -- department_count is the same on every row: grouping by it keeps one mean per year.
     select
         year,
-        avg(hired) as mean_hired
-    from hires_per_department
-    group by year
+        sum(hired) / department_count as mean_hired
+    from hires
+    group by year, department_count
 ),
 
 final as (
@@ -38,7 +27,8 @@ final as (
         hires_per_department.year,
         hires_per_department.id,
         hires_per_department.department,
-        hires_per_department.hired
+        hires_per_department.hired,
+        yearly_mean.mean_hired
     from hires_per_department
     inner join yearly_mean on hires_per_department.year = yearly_mean.year
     where hires_per_department.hired > yearly_mean.mean_hired

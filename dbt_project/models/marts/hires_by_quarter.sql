@@ -1,37 +1,20 @@
 with hires as (
-    select * from {{ ref('stg_core__hired_employees') }}
-),
-
-departments as (
-    select * from {{ ref('stg_core__departments') }}
-),
-
-jobs as (
-    select * from {{ ref('stg_core__jobs') }}
-),
-
-joined as (
-    select
-        hires.hired_year,
-        hires.hired_quarter,
-        departments.department_name,
-        jobs.job_title
-    from hires
-    inner join departments on hires.department_id = departments.department_id
-    inner join jobs on hires.job_id = jobs.job_id
+    select * from {{ ref('int_hires_per_department_job') }}
 ),
 
 counted as (
+    -- Departments, and jobs, that share a name are counted together under that name.
     select
-        hired_year as year,
+        year,
         department_name as department,
         job_title as job,
-        count(*) filter (where hired_quarter = 1) as q1,
-        count(*) filter (where hired_quarter = 2) as q2,
-        count(*) filter (where hired_quarter = 3) as q3,
-        count(*) filter (where hired_quarter = 4) as q4
-    from joined
-    group by hired_year, department_name, job_title
+        cast(sum(q1) as bigint) as q1,
+        cast(sum(q2) as bigint) as q2,
+        cast(sum(q3) as bigint) as q3,
+        cast(sum(q4) as bigint) as q4,
+        cast(sum(hired) as bigint) as hired
+    from hires
+    group by year, department_name, job_title
 ),
 
 final as (
