@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 
 from loader.db.connect import DatabaseUnavailable, connect, database_url, redact
@@ -48,12 +49,13 @@ from loader.flow.settle import (
     Settler,
     held_back,
     ledger_states,
+    raw_copies,
     recorded,
 )
 from loader.flow.summary import RunSummary, TableSummary
 from loader.marts.build import build_marts
 from loader.settings import EXPECTATIONS_DIR, Settings
-from loader.tables import TABLES, Table
+from loader.tables import BATCH_ID, TABLES, Table
 
 Progress = Callable[[str, int], None]
 # Where a table's batches come from: a label for the summary, and a function that yields them
@@ -228,7 +230,8 @@ class Run:
                 chunk = self._judged(item, pending, known)
                 self.progress(item.table.name, counts.rows)
                 self.seconds["read"] += time.perf_counter() - resumed
-                yield chunk
+                if chunk.num_rows:
+                    yield chunk
                 resumed, pending, pending_rows = time.perf_counter(), [], 0
         item.summary.lines, item.summary.blank_lines = counts.lines, counts.blank_lines
         item.summary.rows_read = counts.rows
@@ -236,7 +239,8 @@ class Run:
         if pending:
             chunk = self._judged(item, pending, known)
             self.seconds["read"] += time.perf_counter() - resumed
-            yield chunk
+            if chunk.num_rows:
+                yield chunk
 
     def _judged(
         self, item: TableWork, batches: list[RawBatch], known: dict[str, list[int]]
@@ -251,6 +255,9 @@ class Run:
         )
         self.seconds["validate"] += time.perf_counter() - started
         item.verdicts.update(verdicts)
+        landed = raw_copies(
+            self.conn, item.table, {batch.batch_id: batch.rows for batch in batches}
+        )
         for batch in batches:
             item.batches.append(
                 BatchInfo(
@@ -260,6 +267,7 @@ class Run:
                     batch.first_line,
                     batch.last_line,
                     batch.rows,
+                    landed.get(batch.batch_id),
                 )
             )
             if item.table.name in known:
@@ -267,6 +275,10 @@ class Run:
                     item.table, batch, verdicts[batch.batch_id], self.policy
                 )
         item.summary.batches_read += len(batches)
+        item.summary.batches_reused += len(landed)
+        if landed:
+            unlanded = pc.invert(pc.is_in(chunk[BATCH_ID], pa.array(list(landed))))
+            chunk = chunk.filter(unlanded)
         return chunk
 
     def _log_batch(self, settlement: Settlement) -> None:

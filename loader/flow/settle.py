@@ -52,6 +52,7 @@ class BatchInfo:
     first_line: int
     last_line: int
     rows: int
+    raw_run_id: str | None = None  # the run whose raw copy is settled; None: the settling run's
 
 
 @dataclass
@@ -83,6 +84,39 @@ class Settlement:
 def ledger_states(conn: psycopg.Connection) -> dict[str, str]:
     """Every batch id in the ledger with its state."""
     return dict(conn.execute("select batch_id, status from audit.batches").fetchall())
+
+
+def ensure_raw_index(conn: psycopg.Connection, table: Table) -> bool:
+    """Index raw by batch, so that settling or finding one batch reads only its own rows;
+    False while dlt has not created the raw table yet."""
+    if conn.execute("select to_regclass(%s)", (f"raw.{table.name}",)).fetchone()[0] is None:
+        return False
+    index = f"{table.name}__batch_id"
+    if conn.execute("select to_regclass(%s)", (f"raw.{index}",)).fetchone()[0] is None:
+        with schema_lock(conn):
+            conn.execute(
+                sql.SQL("create index if not exists {} on {} (_batch_id)").format(
+                    sql.Identifier(index), sql.Identifier("raw", table.name)
+                )
+            )
+    return True
+
+
+def raw_copies(conn: psycopg.Connection, table: Table, batches: dict[str, int]) -> dict[str, str]:
+    """For batches (id → rows) already whole in raw from an earlier attempt (a run that was
+    killed, or one that left them waiting or failed), the run id of such a copy. Settling that
+    copy instead of loading the same bytes again keeps raw free of repeats."""
+    if not batches or not ensure_raw_index(conn, table):
+        return {}
+    found = conn.execute(
+        sql.SQL(
+            "select _batch_id, max(_run_id) from (select _batch_id, _run_id, count(*) as n "
+            "from {} where _batch_id = any(%s) group by _batch_id, _run_id) as copies "
+            "where n = (%s::jsonb ->> _batch_id)::bigint group by _batch_id"
+        ).format(sql.Identifier("raw", table.name)),
+        (list(batches), json.dumps(batches)),
+    ).fetchall()
+    return dict(found)
 
 
 def held_back(verdict: Verdict, policy: str) -> tuple[str, bool]:
@@ -129,7 +163,7 @@ def upsert_statement(table: Table) -> sql.Composed:
     return sql.SQL(
         """insert into {target} ({columns}, _batch_id, _promoted_at)
         select {casts}, r._batch_id, now() from {raw} as r
-        where r._batch_id = %(batch_id)s and r._run_id = %(run_id)s
+        where r._batch_id = %(batch_id)s and r._run_id = %(raw_run_id)s
           and r._line_number <> all(%(failing)s)
           and (%(only)s::bigint is null or r._line_number = %(only)s::bigint)
         on conflict ({key}) do update set {updates}, _batch_id = excluded._batch_id,
@@ -153,7 +187,7 @@ def raw_rows_statement(table: Table) -> sql.Composed:
     """One batch's raw lines with their field values, in file order."""
     return sql.SQL(
         "select _line_number, {columns} from {raw} "
-        "where _batch_id = %(batch_id)s and _run_id = %(run_id)s order by _line_number"
+        "where _batch_id = %(batch_id)s and _run_id = %(raw_run_id)s order by _line_number"
     ).format(
         columns=sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns),
         raw=sql.Identifier("raw", table.name),
@@ -174,7 +208,7 @@ def rejected_rows_statement(table: Table) -> sql.Composed:
                 jsonb_build_object('_decode_error', r._decode_error)),
             %(failures)s::jsonb -> r._line_number::text
         from {raw} as r
-        where r._batch_id = %(batch_id)s and r._run_id = %(run_id)s
+        where r._batch_id = %(batch_id)s and r._run_id = %(raw_run_id)s
           and r._line_number = any(%(failing)s)
         order by r._line_number
         returning line_number, raw_values, failures"""
@@ -230,18 +264,9 @@ class Settler:
         conn.execute("set synchronous_commit = off")
 
     def prepare(self, table: Table) -> None:
-        """Index raw by batch so that settling one batch reads only its own rows."""
-        if table.name in self._prepared:
-            return
-        index = f"{table.name}__batch_id"
-        if self.conn.execute("select to_regclass(%s)", (f"raw.{index}",)).fetchone()[0] is None:
-            with schema_lock(self.conn):
-                self.conn.execute(
-                    sql.SQL("create index if not exists {} on {} (_batch_id)").format(
-                        sql.Identifier(index), sql.Identifier("raw", table.name)
-                    )
-                )
-        self._prepared.add(table.name)
+        if table.name not in self._prepared:
+            ensure_raw_index(self.conn, table)
+            self._prepared.add(table.name)
 
     def settle(self, table: Table, batch: BatchInfo, verdict: Verdict) -> Settlement:
         """Settle one batch in one transaction, retrying deadlocks and serialization failures;
@@ -284,7 +309,7 @@ class Settler:
     def _parameters(self, batch: BatchInfo, verdict: Verdict, only: int | None = None) -> dict:
         return {
             "batch_id": batch.batch_id,
-            "run_id": self.run_id,
+            "raw_run_id": batch.raw_run_id or self.run_id,
             "failing": sorted(verdict.failing_rows),
             "only": only,
         }

@@ -40,6 +40,7 @@ class TableSummary:
     batches_skipped: int = 0
     batches_rejudged: int = 0
     batches_retried: int = 0
+    batches_reused: int = 0
     rows_skipped: int = 0
     rows_promoted: int = 0
     rows_held_back: int = 0
