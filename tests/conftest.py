@@ -64,6 +64,15 @@ def database_url(server_url, request) -> str:
         conn.execute(f'drop database if exists "{name}" with (force)')
 
 
+@pytest.fixture()
+def clean(database_url) -> str:
+    """The module's database with no core, audit or raw schema: a first run's starting point."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for schema in ("core", "audit", "raw"):
+            conn.execute(f"drop schema if exists {schema} cascade")
+    return database_url
+
+
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sample")

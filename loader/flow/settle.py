@@ -284,9 +284,7 @@ class Settler:
         self, table: Table, batch: BatchInfo, verdict: Verdict, attempt: int
     ) -> Settlement:
         with self.conn.transaction():
-            table_lock(self.conn, table.name)
-            batch_lock(self.conn, batch.batch_id)
-            earlier = recorded(self.conn, batch)
+            earlier = self._lock_and_reread(table, batch)
             if earlier is not None:
                 return earlier
             status, promotes = held_back(verdict, self.policy)
@@ -305,6 +303,13 @@ class Settler:
             )
             self._write_ledger(table, settlement, verdict)
         return settlement
+
+    def _lock_and_reread(self, table: Table, batch: BatchInfo) -> Settlement | None:
+        """Inside the settlement's transaction: take the table's and the batch's locks, then
+        read the ledger again; the earlier settlement if someone settled the batch meanwhile."""
+        table_lock(self.conn, table.name)
+        batch_lock(self.conn, batch.batch_id)
+        return recorded(self.conn, batch)
 
     def _parameters(self, batch: BatchInfo, verdict: Verdict, only: int | None = None) -> dict:
         return {
@@ -383,9 +388,7 @@ class Settler:
     def _record_failed(self, table: Table, batch: BatchInfo, error: psycopg.Error) -> Settlement:
         reason = Failure("*", f"transient database error: {_first_line(error)}", DATABASE_RULE)
         with self.conn.transaction():
-            table_lock(self.conn, table.name)
-            batch_lock(self.conn, batch.batch_id)
-            earlier = recorded(self.conn, batch)
+            earlier = self._lock_and_reread(table, batch)
             if earlier is not None:
                 return earlier
             settlement = Settlement(

@@ -38,14 +38,6 @@ def fingerprint(url):
         return found
 
 
-@pytest.fixture()
-def clean(database_url):
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for schema in ("core", "audit", "raw"):
-            conn.execute(f"drop schema if exists {schema} cascade")
-    return database_url
-
-
 def run(url, tmp_path, input_dir, **overrides):
     """The load job without its dbt build (tests/integration/test_marts.py covers that)."""
     settings = settings_for(url, tmp_path / "state", input_dir, build_marts=False, **overrides)

@@ -19,14 +19,6 @@ from tests.conftest import settings_for
 pytestmark = pytest.mark.database
 
 
-@pytest.fixture()
-def clean(database_url):
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for schema in ("core", "audit", "raw"):
-            conn.execute(f"drop schema if exists {schema} cascade")
-    return database_url
-
-
 def rows(url, query, *args):
     with psycopg.connect(url) as conn:
         return conn.execute(query, args).fetchall()
@@ -202,15 +194,19 @@ def test_a_database_of_the_first_release_is_upgraded_in_place_with_nothing_lost(
                 promotion_failed,
                 "hired_employees",
                 "rejected",
-                ('[{"field": "*", "rule": "promotion failed: deadlock detected", '
-                '"expectation": "promotion", "rows": 0}]'),
+                (
+                    '[{"field": "*", "rule": "promotion failed: deadlock detected", '
+                    '"expectation": "promotion", "rows": 0}]'
+                ),
             ),
             (
                 missing_department,
                 "hired_employees",
                 "rejected",
-                ('[{"field": "department_id", "rule": "exists in departments", '
-                '"expectation": "expect_column_values_to_be_in_set", "rows": 2}]'),
+                (
+                    '[{"field": "department_id", "rule": "exists in departments", '
+                    '"expectation": "expect_column_values_to_be_in_set", "rows": 2}]'
+                ),
             ),
         ]
         for batch, table, status, reasons in ledger:
