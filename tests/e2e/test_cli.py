@@ -188,3 +188,19 @@ def test_report_html_is_one_self_contained_file_with_the_marts(env, tmp_path):
             "where year = 2021 order by hired desc, id limit 1"
         ).fetchone()
     assert f'<th scope="row">{top[0]}</th><td>' in page and f"<td>{top[1]}</td>" in page
+
+
+@pytest.mark.database
+def test_runs_lists_each_run_with_its_status_counts_and_duration(env):
+    assert loader("run", "--skip-marts", env=env).returncode == 0
+    assert loader("run", "--skip-marts", env=env).returncode == 0
+    result = loader("runs", "--json", "--limit", "5", env=env)
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)
+    assert [run["status"] for run in runs] == ["completed", "completed"]
+    latest, first = runs
+    assert first["rows_promoted"] > 0 and first["rows_read"] == latest["rows_read"]
+    assert latest["rows_promoted"] == 0, "the second run skipped every settled batch"
+    assert all(run["seconds"] > 0 and run["pid"] for run in runs)
+    table = loader("runs", env=env)
+    assert latest["run_id"] in table.stdout and "completed" in table.stdout
