@@ -10,9 +10,13 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table as RichTable
+
+if TYPE_CHECKING:
+    from backup.restore import Restored
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_DATABASE = range(5)
 
@@ -69,7 +73,11 @@ def command(args: argparse.Namespace) -> int:
         tables = [table_named(name) for name in args.table] if args.table else None
         made = create_backup(database_url(settings), folder, tables)
         rows = ", ".join(f"{name} {entry['rows']}" for name, entry in made.tables.items())
-        err.print(f"backup {made.stamp} written to {made.path}: {rows} rows")
+        ledger = made.ledger
+        err.print(
+            f"backup {made.stamp} written to {made.path}: {rows} rows; their ledger: "
+            f"{ledger['batches']['rows']} batches, {ledger['rejected_rows']['rows']} rejected rows"
+        )
         print(made.stamp)
     elif args.command == "list":
         backups = list_backups(folder)
@@ -83,6 +91,8 @@ def command(args: argparse.Namespace) -> int:
                             "bytes": b.bytes,
                             "snapshot_at": b.manifest["snapshot_at"],
                             "tables": {n: e["rows"] for n, e in b.tables.items()},
+                            "ledger": {f"audit.{n}": e["rows"] for n, e in (b.ledger or {}).items()}
+                            or None,
                         }
                         for b in backups
                     ],
@@ -113,13 +123,30 @@ def command(args: argparse.Namespace) -> int:
             database_url(settings), folder, args.table, args.stamp, args.with_dependents
         )
         for each in done:
-            err.print(f"restored {each.table}: {each.rows} rows written, {each.deleted} deleted")
+            err.print(
+                f"restored {each.table}: {each.rows} rows written, {each.deleted} deleted; "
+                + ledger_words(each)
+            )
     else:
         trigger(args.cron)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         err.print(f"backing up to {folder} on {args.cron!r} (UTC), keeping {args.keep}")
         run_schedule(lambda: database_url(settings), folder, args.cron, args.keep)
     return EXIT_OK
+
+
+def ledger_words(restored: Restored) -> str:
+    """What a restore did to a table's ledger, in words."""
+    if restored.redo is None:
+        return (
+            f"its ledger is back as at the backup ({restored.batches} batches, "
+            f"{restored.rejected_rows} rejected rows)"
+        )
+    return (
+        f"backup {restored.stamp} has no ledger (made by an earlier release): "
+        f"{restored.redo} batches settled since it was taken were taken out of the ledger, "
+        "so the next run of the same input redoes them"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

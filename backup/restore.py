@@ -1,22 +1,35 @@
-"""Restore core tables from a backup, atomically: all of it in one transaction, or nothing.
+"""Restore core tables and their ledger from a backup, atomically: all of it in one
+transaction, or nothing.
 
 Rows are loaded with COPY into a temporary table, then the core table is made equal to it
 (upsert every backed-up row, delete every row the backup does not hold). Never TRUNCATE:
 a parent's rows still referenced by child rows block the restore, named in the message,
-unless the dependents are restored from the same backup too.
+unless the dependents are restored from the same backup too. In the same transaction the
+tables' ledger goes back to the backup's (backup/ledger.py), so the next run redoes the batches
+whose rows the restore took away instead of skipping them as settled.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+from backup import ledger
 from backup.avro import columns_of, read_rows
-from backup.store import BackupError, find_backup, lock_tables, verify_file
+from backup.store import (
+    BackupError,
+    BackupInfo,
+    find_backup,
+    lock_tables,
+    verify_file,
+    verify_ledger_file,
+)
 from loader.db.connect import connect
+from loader.db.schema import ensure_schemas
 from loader.tables import Table, dependents_of, table_named
 
 BLOCKING_SHOWN = 5
@@ -24,11 +37,20 @@ BLOCKING_SHOWN = 5
 
 @dataclass(frozen=True)
 class Restored:
-    """What a restore did to one table."""
+    """What a restore did to one table and its ledger.
+
+    `batches` and `rejected_rows`: the ledger rows the table holds now, as in the backup.
+    `redo`: for a backup without ledger files, None otherwise: how many batches settled since
+    the backup were taken out of the ledger for the next run to redo.
+    """
 
     table: str
     rows: int
     deleted: int
+    stamp: str = ""
+    batches: int = 0
+    rejected_rows: int = 0
+    redo: int | None = None
 
 
 def _staged(table: Table) -> sql.Identifier:
@@ -151,43 +173,101 @@ def refuse_if_blocked(conn: psycopg.Connection, table: Table, stamp: str) -> Non
             )
 
 
+def check_count(backup: BackupInfo, entry: dict, staged: int) -> None:
+    if staged != entry["rows"]:
+        raise BackupError(
+            f"backup {backup.stamp}, {entry['file']}: {staged} rows, "
+            f"the manifest says {entry['rows']}; nothing changed"
+        )
+
+
+def stage_backup(conn: psycopg.Connection, backup: BackupInfo, tables: list[Table]) -> None:
+    """Stage every file the restore needs, checking each against the manifest's row count."""
+    for each in tables:
+        entry = backup.tables[each.name]
+        check_count(backup, entry, stage(conn, each, backup.path / entry["file"]))
+    if backup.ledger is not None:
+        names = [each.name for each in tables]
+        for audit in ledger.LEDGER:
+            entry = backup.ledger[audit.name]
+            check_count(
+                backup, entry, ledger.stage(conn, audit, backup.path / entry["file"], names)
+            )
+
+
+def swap_core(conn: psycopg.Connection, tables: list[Table]) -> tuple[dict, dict]:
+    """Make each core table equal to its staged backup; return rows upserted and deleted."""
+    keys = {each.name: without_foreign_keys(conn, each) for each in tables}
+    # Parents' rows first, so children find every id they need; deletions from the
+    # children up, so no parent row goes while a child still points at it.
+    upserted = {each.name: upsert_rows(conn, each) for each in tables}
+    deleted = {each.name: delete_missing(conn, each) for each in reversed(tables)}
+    for each in tables:
+        with_foreign_keys(conn, each, keys[each.name])
+    return upserted, deleted
+
+
+def swap_ledger(conn: psycopg.Connection, backup: BackupInfo, tables: list[Table]) -> dict:
+    """Put the tables' ledger back as the backup holds it, or, for a backup without ledger
+    files, take out of the ledger what was settled since; return per table the keyword
+    arguments of its `Restored`."""
+    names = [each.name for each in tables]
+    if backup.ledger is None:
+        since = datetime.fromisoformat(backup.manifest["snapshot_at"])
+        redo = ledger.forget_settled_since(conn, names, since)
+        forget_stale_answers(conn)
+        return {name: {"redo": redo[name]} for name in names}
+    held = ledger.put_back(conn, names)
+    forget_stale_answers(conn)
+    return {name: {"batches": held[name][0], "rejected_rows": held[name][1]} for name in names}
+
+
+def forget_stale_answers(conn: psycopg.Connection) -> None:
+    """Drop the stored API answers (Idempotency-Keys) about batches the ledger no longer holds:
+    a client re-sending such a request after the restore gets it settled again, not an answer
+    about rows that are gone."""
+    conn.execute(
+        "delete from audit.api_requests as request where request.response ? 'batch_id' "
+        "and not exists (select 1 from audit.batches as batch "
+        "where batch.batch_id = request.response ->> 'batch_id')"
+    )
+
+
 def restore_table(
     url: str, folder: Path, table_name: str, stamp: str | None = None, with_dependents: bool = False
 ) -> list[Restored]:
-    """Restore `table_name` (and, if asked, the tables referencing it) from a backup.
+    """Restore `table_name` (and, if asked, the tables referencing it) from a backup, with
+    their ledger.
 
     Every file involved is checked first (sha256 and schema against the manifest), and its row
-    count is checked as it is staged, before any core row changes. Then, in the one
-    transaction that holds the tables' backup locks, the rows are swapped in; any error leaves
-    every table as it was.
+    count is checked as it is staged, before any row changes. Then, in the one transaction that
+    holds the tables' exclusive locks, the core rows and the ledger rows are swapped in; any
+    error leaves every table as it was.
     """
     table = table_named(table_name)
     backup = find_backup(folder, stamp)
     tables = [table, *dependents_of(table)] if with_dependents else [table]
     for each in tables:
         verify_file(backup, each.name)
+    for audit in ledger.LEDGER if backup.ledger is not None else ():
+        verify_ledger_file(backup, audit)
+    with connect(url, autocommit=True) as setup:
+        ensure_schemas(setup)  # a fresh database gets its tables; an old one, its migrations
     try:
         with connect(url) as conn, conn.transaction():
-            lock_tables(conn, tables)
-            for each in tables:
-                entry = backup.tables[each.name]
-                staged = stage(conn, each, backup.path / entry["file"])
-                if staged != entry["rows"]:
-                    raise BackupError(
-                        f"backup {backup.stamp}, {entry['file']}: {staged} rows, "
-                        f"the manifest says {entry['rows']}; nothing changed"
-                    )
+            lock_tables(conn, tables, exclusive=True)
+            stage_backup(conn, backup, tables)
             if not with_dependents:
                 refuse_if_blocked(conn, table, backup.stamp)
-            keys = {each.name: without_foreign_keys(conn, each) for each in tables}
-            # Parents' rows first, so children find every id they need; deletions from the
-            # children up, so no parent row goes while a child still points at it.
-            upserted = {each.name: upsert_rows(conn, each) for each in tables}
-            deleted = {each.name: delete_missing(conn, each) for each in reversed(tables)}
-            for each in tables:
-                with_foreign_keys(conn, each, keys[each.name])
+            upserted, deleted = swap_core(conn, tables)
+            ledgers = swap_ledger(conn, backup, tables)
     except psycopg.errors.IntegrityError as error:
         raise BackupError(
             f"refused by the database, nothing changed: {str(error).splitlines()[0]}"
         ) from None
-    return [Restored(each.name, upserted[each.name], deleted[each.name]) for each in tables]
+    return [
+        Restored(
+            each.name, upserted[each.name], deleted[each.name], backup.stamp, **ledgers[each.name]
+        )
+        for each in tables
+    ]

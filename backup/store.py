@@ -1,7 +1,9 @@
-"""The backup folder: `<dir>/<UTC stamp>/<table>.avro` plus `manifest.json` per backup.
+"""The backup folder: `<dir>/<UTC stamp>/<table>.avro`, the ledger of those tables
+(`audit.<name>.avro`, see backup/ledger.py) and `manifest.json` per backup.
 
 A backup is written into a hidden `.partial` folder and renamed into place when complete, so a
-listed backup is always whole. All its tables come from one REPEATABLE READ snapshot.
+listed backup is always whole. All its files come from one REPEATABLE READ snapshot, so the
+ledger in a backup agrees with the core rows beside it.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from backup.avro import (
     schema_shape,
     writer_schema,
 )
+from backup.ledger import LEDGER, LEDGER_BY_NAME, AuditTable, export_audit
 from loader.db.connect import connect, redact
+from loader.db.locks import table_lock
+from loader.db.schema import ensure_schemas
 from loader.tables import TABLES, Table, table_named
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: the manifest lists the ledger files ("ledger"); 1 (earlier release): it has none
+FORMATS = (1, 2)
 
 
 class BackupError(RuntimeError):
@@ -48,28 +54,50 @@ class BackupInfo:
         return self.manifest["tables"]
 
     @property
+    def ledger(self) -> dict | None:
+        """The ledger files (audit table name → entry); None for a backup made before them."""
+        return self.manifest.get("ledger")
+
+    @property
     def bytes(self) -> int:
-        return sum(entry["bytes"] for entry in self.tables.values())
+        entries = [*self.tables.values(), *(self.ledger or {}).values()]
+        return sum(entry["bytes"] for entry in entries)
 
 
-def lock_tables(conn: psycopg.Connection, tables: list[Table]) -> None:
-    """Transaction-scoped advisory locks: a backup and a restore of a table never overlap."""
-    for table in sorted(tables, key=lambda t: t.name):
-        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"csv-migrate:{table.name}",))
+def lock_tables(conn: psycopg.Connection, tables: list[Table], exclusive: bool = False) -> None:
+    """The tables' locks for this transaction, in name order (loader.db.locks): shared for a
+    backup, which only reads, as for settling; exclusive for a restore, which waits for every
+    settlement into the table to end and holds new ones off until it commits."""
+    for name in sorted({table.name for table in tables}):
+        table_lock(conn, name, exclusive=exclusive)
 
 
 def new_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")[:-4] + "Z"
 
 
+def file_entry(path: Path, rows: int, schema: dict) -> dict:
+    """A file's manifest entry: what verify and restore check it against."""
+    return {
+        "file": path.name,
+        "rows": rows,
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+        "schema": schema,
+    }
+
+
 def create_backup(url: str, folder: Path, tables: list[Table] | None = None) -> BackupInfo:
-    """Back up `tables` (default: all of core) from one consistent snapshot."""
+    """Back up `tables` (default: all of core) and their ledger from one consistent snapshot."""
     tables = tables or list(TABLES)
+    names = [table.name for table in tables]
     stamp = new_stamp()
     partial = folder / f".{stamp}.partial"
     partial.mkdir(parents=True)
     try:
-        entries = {}
+        entries, ledger = {}, {}
+        with connect(url, autocommit=True) as setup:
+            ensure_schemas(setup)  # the audit tables as this version declares them
         with connect(url) as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
@@ -80,13 +108,11 @@ def create_backup(url: str, folder: Path, tables: list[Table] | None = None) -> 
                 for table in tables:
                     path = partial / f"{table.name}.avro"
                     rows = export_table(conn, table, path)
-                    entries[table.name] = {
-                        "file": path.name,
-                        "rows": rows,
-                        "bytes": path.stat().st_size,
-                        "sha256": file_sha256(path),
-                        "schema": avro_schema(table),
-                    }
+                    entries[table.name] = file_entry(path, rows, avro_schema(table))
+                for audit in LEDGER:
+                    path = partial / audit.file_name
+                    rows = export_audit(conn, audit, names, path)
+                    ledger[audit.name] = file_entry(path, rows, audit.schema)
         manifest = {
             "format": FORMAT,
             "tool": "csv-migrate",
@@ -97,6 +123,7 @@ def create_backup(url: str, folder: Path, tables: list[Table] | None = None) -> 
             "created_at": datetime.now(UTC).isoformat(),
             "codec": CODEC,
             "tables": entries,
+            "ledger": ledger,
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
         final = folder / stamp
@@ -136,23 +163,20 @@ def find_backup(folder: Path, stamp: str | None) -> BackupInfo:
         raise BackupError(f"{manifest}: not a readable manifest ({error})") from None
 
 
-def verify_file(backup: BackupInfo, table_name: str) -> Path:
-    """Check a file's sha256, and its schema against the manifest and this version's dictionary,
-    without decoding its rows; return its path."""
-    entry = backup.tables.get(table_name)
-    if entry is None:
-        raise BackupError(f"backup {backup.stamp} holds no table {table_name}")
+def _verify_entry(backup: BackupInfo, entry: dict, expected: dict, what: str) -> Path:
+    """Check a file's sha256, and its schema against the manifest and `expected` (this
+    version's), without decoding its rows; return its path."""
     path = backup.path / entry["file"]
     where = f"backup {backup.stamp}, {entry['file']}"
     if not path.is_file():
         raise BackupError(f"{where}: file missing")
     if file_sha256(path) != entry["sha256"]:
         raise BackupError(f"{where}: sha256 does not match the manifest (damaged or changed)")
-    expected = schema_shape(avro_schema(table_named(table_name)))
-    if schema_shape(entry["schema"]) != expected:
-        raise BackupError(f"{where}: made for another schema of {table_name} than this version's")
+    shape = schema_shape(expected)
+    if schema_shape(entry["schema"]) != shape:
+        raise BackupError(f"{where}: made for another schema of {what} than this version's")
     try:
-        if schema_shape(writer_schema(path)) != expected:
+        if schema_shape(writer_schema(path)) != shape:
             raise BackupError(f"{where}: the file's schema differs from its manifest")
     except BackupError:
         raise
@@ -161,11 +185,24 @@ def verify_file(backup: BackupInfo, table_name: str) -> Path:
     return path
 
 
-def verify_table(backup: BackupInfo, table_name: str) -> int:
-    """verify_file, then decode every record and match the manifest's row count."""
-    path = verify_file(backup, table_name)
+def verify_file(backup: BackupInfo, table_name: str) -> Path:
+    """Check a core table's file (sha256 and schema, rows not decoded); return its path."""
+    entry = backup.tables.get(table_name)
+    if entry is None:
+        raise BackupError(f"backup {backup.stamp} holds no table {table_name}")
+    return _verify_entry(backup, entry, avro_schema(table_named(table_name)), table_name)
+
+
+def verify_ledger_file(backup: BackupInfo, audit: AuditTable) -> Path:
+    """Check a ledger file of a backup that has them (sha256 and schema); return its path."""
+    entry = (backup.ledger or {}).get(audit.name)
+    if entry is None:
+        raise BackupError(f"backup {backup.stamp}: the manifest lists no audit.{audit.name} file")
+    return _verify_entry(backup, entry, audit.schema, f"audit.{audit.name}")
+
+
+def _count_matches(backup: BackupInfo, path: Path, entry: dict) -> int:
     where = f"backup {backup.stamp}, {path.name}"
-    entry = backup.tables[table_name]
     try:
         rows = count_rows(path)
     except Exception as error:  # noqa: BLE001 - fastavro raises many types on a damaged file
@@ -175,11 +212,28 @@ def verify_table(backup: BackupInfo, table_name: str) -> int:
     return rows
 
 
+def verify_table(backup: BackupInfo, table_name: str) -> int:
+    """verify_file, then decode every record and match the manifest's row count."""
+    path = verify_file(backup, table_name)
+    return _count_matches(backup, path, backup.tables[table_name])
+
+
 def verify_backup(backup: BackupInfo) -> dict[str, int]:
-    """Check every file of a backup; raise BackupError on the first problem."""
-    if backup.manifest.get("format") != FORMAT:
+    """Check every file of a backup, core and ledger; raise BackupError on the first problem.
+    Returns rows per file: core tables by name, ledger files as `audit.<name>`."""
+    if backup.manifest.get("format") not in FORMATS:
         raise BackupError(f"backup {backup.stamp}: unknown manifest format")
-    return {name: verify_table(backup, name) for name in backup.tables}
+    checked = {name: verify_table(backup, name) for name in backup.tables}
+    for name, entry in (backup.ledger or {}).items():
+        audit = LEDGER_BY_NAME.get(name)
+        if audit is None:
+            raise BackupError(f"backup {backup.stamp}: unknown ledger file audit.{name}")
+        path = verify_ledger_file(backup, audit)
+        checked[f"audit.{name}"] = _count_matches(backup, path, entry)
+    if backup.ledger is not None and set(backup.ledger) != set(LEDGER_BY_NAME):
+        missing = sorted(set(LEDGER_BY_NAME) - set(backup.ledger))
+        raise BackupError(f"backup {backup.stamp}: ledger files missing: {', '.join(missing)}")
+    return checked
 
 
 def prune(folder: Path, keep: int) -> list[str]:

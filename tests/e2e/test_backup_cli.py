@@ -71,3 +71,28 @@ def test_unknown_backup_and_bad_cron_are_refused(env):
     assert backup("restore", "--table", "jobs", "--from", "nope", env=env).returncode == 3
     bad = backup("schedule", "--cron", "every night", env=env)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_a_restore_says_what_it_did_to_the_ledger(env):
+    made = backup("create", env=env)
+    stamp = made.stdout.strip()
+    assert "their ledger: 4 batches, 0 rejected rows" in made.stderr
+    listed = json.loads(backup("list", "--json", env=env).stdout)[-1]
+    assert listed["ledger"]["audit.batches"] == 4
+    verified = backup("verify", stamp, env=env)
+    assert verified.returncode == 0 and "audit.batches 4 rows" in verified.stderr
+    restored = backup("restore", "--table", "hired_employees", "--from", stamp, env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert "its ledger is back as at the backup (2 batches, 0 rejected rows)" in restored.stderr
+
+    folder = os.path.join(env["BACKUP_DIR"], stamp)
+    manifest_path = os.path.join(folder, "manifest.json")
+    with open(manifest_path) as handle:
+        manifest = json.load(handle)
+    for entry in manifest.pop("ledger").values():
+        os.remove(os.path.join(folder, entry["file"]))
+    with open(manifest_path, "w") as handle:
+        json.dump(manifest, handle)
+    older = backup("restore", "--table", "hired_employees", "--from", stamp, env=env)
+    assert older.returncode == 0, older.stderr
+    assert f"backup {stamp} has no ledger (made by an earlier release): 0 batches" in older.stderr

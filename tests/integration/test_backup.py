@@ -145,6 +145,34 @@ def test_damaged_backups_are_refused_and_the_table_is_untouched(loaded, folder, 
     create_backup(loaded, folder)  # leave a sound newest backup for the next tests
 
 
+def ledger_count(url):
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "select (select count(*) from audit.batches), (select count(*) from audit.rejected_rows)"
+        ).fetchone()
+
+
+@pytest.mark.parametrize("damage", ["flip", "missing"])
+def test_a_damaged_ledger_file_is_refused_and_nothing_changes(loaded, folder, damage):
+    made = create_backup(loaded, folder)
+    path = made.path / "audit.batches.avro"
+    if damage == "flip":
+        data = path.read_bytes()
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :])
+    else:
+        path.unlink()
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        conn.execute("delete from core.hired_employees where id <= 10")
+    before = checksum(loaded, "hired_employees"), ledger_count(loaded)
+    with pytest.raises(BackupError, match="audit.batches.avro"):
+        verify_backup(list_backups(folder)[-1])
+    with pytest.raises(BackupError, match="audit.batches.avro"):
+        restore_table(loaded, folder, "hired_employees", made.stamp)
+    assert (checksum(loaded, "hired_employees"), ledger_count(loaded)) == before
+    create_backup(loaded, folder)  # leave a sound newest backup for the next tests
+
+
 def test_a_parent_restore_that_would_orphan_children_is_refused_naming_them(loaded, folder):
     made = create_backup(loaded, folder)
     with psycopg.connect(loaded, autocommit=True) as conn:

@@ -1,4 +1,5 @@
-"""Avro schemas derived from the data dictionary, and the schedule's cron trigger."""
+"""Avro schemas derived from the data dictionary, the ledger's declared once in backup/ledger.py,
+and the schedule's cron trigger."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import fastavro
 import pytest
 
 from backup.avro import avro_schema, schema_shape
+from backup.ledger import BATCHES, LEDGER, RUNS
 from backup.schedule import trigger
 from loader.tables import HIRED_EMPLOYEES, TABLES
 
@@ -64,6 +66,44 @@ def test_schema_shape_ignores_docs_but_not_types():
         "fields": [{**f, "type": "long"} if f["name"] == "id" else f for f in schema["fields"]],
     }
     assert schema_shape(retyped) != schema_shape(schema)
+
+
+def round_trip(schema: dict, records: list[dict]) -> list[dict]:
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, fastavro.parse_schema(schema), records, validator=True, strict=True)
+    buffer.seek(0)
+    return list(fastavro.reader(buffer))
+
+
+@pytest.mark.parametrize("audit", LEDGER, ids=lambda a: a.name)
+def test_each_ledger_file_has_a_record_schema_in_the_audit_namespace(audit):
+    schema = audit.schema
+    assert schema_shape(schema)[0] == f"csv_migrate.audit.{audit.name}"
+    assert [f["name"] for f in schema["fields"]] == audit.names
+    assert audit.file_name == f"audit.{audit.name}.avro"
+
+
+def test_a_run_round_trips_with_its_nulls_and_its_summary_as_json_text():
+    run = {
+        "run_id": "r1",
+        "started_at": datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        "finished_at": None,
+        "input": "data/",
+        "batch_size": 1000,
+        "policy": "reject_batch",
+        "status": "running",
+        "summary": '{"tables": [], "total": {"rows": 3}}',
+        "host": None,
+        "pid": None,
+        "abandoned_noticed_at": None,
+    }
+    assert round_trip(RUNS.schema, [run]) == [run]
+
+
+def test_a_batch_without_a_required_value_is_refused():
+    batch = {field.name: None for field in BATCHES.fields}
+    with pytest.raises((ValueError, fastavro.validation.ValidationError)):
+        round_trip(BATCHES.schema, [batch])
 
 
 def test_default_schedule_fires_at_utc_midnight():
