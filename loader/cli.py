@@ -356,7 +356,9 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from loader.db.connect import DatabaseUnavailable
+    import psycopg
+
+    from loader.db.connect import DatabaseUnavailable, reason_of
     from loader.db.embedded import EmbeddedServerError
     from loader.flow.read import InputError
     from loader.flow.run import RunBusy
@@ -376,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunBusy as error:
         err.print(f"error: {error}")
         return EXIT_BUSY
+    except psycopg.OperationalError as error:
+        err.print(f"error: lost the database: {reason_of(error)}")
+        return EXIT_DATABASE
     except ValueError as error:  # a malformed setting such as LOADER_API_TOKENS
         err.print(f"error: {error}")
         return EXIT_USAGE

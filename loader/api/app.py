@@ -6,6 +6,7 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -124,6 +125,17 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
         return JSONResponse(
             {"detail": [{"loc": e["loc"], "msg": e["msg"]} for e in error.errors()]},
             status_code=422,
+        )
+
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_gone(request: Request, error: Exception):
+        # Nothing half-settled was committed: the same request sent again is settled once.
+        log.error("database unavailable on %s %s: %s", request.method, request.url.path, error)
+        return JSONResponse(
+            {"detail": "the database is unavailable; nothing was settled, send it again later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)

@@ -57,10 +57,19 @@ def libpq_environment(url: str) -> dict[str, str]:
     return {variable: str(info[key]) for key, variable in LIBPQ_VARIABLES.items() if info.get(key)}
 
 
+def reason_of(error: BaseException) -> str:
+    """The first line of a driver's error, in words fit for a one-line message."""
+    text = str(error).strip()
+    reason = text.splitlines()[0] if text else type(error).__name__
+    # libpq's "server closed the connection unexpectedly" reads like a bug of ours; it is not.
+    if "closed the connection" in reason or "consuming input failed" in reason:
+        return "the server closed the connection"
+    return reason
+
+
 def connect(url: str, **kwargs) -> psycopg.Connection:
     """Open a connection, turning every failure into one clear DatabaseUnavailable line."""
     try:
         return psycopg.connect(url, connect_timeout=10, **kwargs)
     except psycopg.Error as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {reason}") from None
+        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {reason_of(error)}") from None

@@ -7,6 +7,7 @@ dlt owns the raw schema and its state tables; nothing here writes DDL for `raw`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -26,7 +27,12 @@ dlt.config["normalize.data_writer.disable_compression"] = True
 # Resources are read one after another, in load order: departments and jobs are validated
 # before hired_employees, whose foreign keys need their accepted ids.
 dlt.config["extract.next_item_mode"] = "fifo"
-dlt.config["runtime.log_level"] = "ERROR"
+# dlt logs every retried load job with its traceback at ERROR: with the database gone that is
+# pages on stderr. What fails for good reaches the loader as an exception, reported in one line.
+# dlt set its logger up when it was imported, so the setting alone would only apply to a later
+# re-initialisation: set the logger's level too.
+dlt.config["runtime.log_level"] = "CRITICAL"
+logging.getLogger("dlt").setLevel(logging.CRITICAL)
 
 
 def dlt_credentials(url: str) -> str:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from loader.db.connect import DatabaseUnavailable, connect, database_url, redact
+from loader.db.connect import DatabaseUnavailable, connect, database_url, reason_of, redact
 from loader.db.locks import request_lock, run_lock, try_run_lock
 from loader.db.schema import ensure_schemas
 from loader.flow.gate import Gate, Verdict
@@ -61,6 +61,10 @@ Progress = Callable[[str, int], None]
 # Where a table's batches come from: a label for the summary, and a function that yields them
 # while filling in the counts it met.
 Source = tuple[str, Callable[[ReadCounts], Iterable[RawBatch]]]
+
+
+# How long a waiting run gives the run it waits for to write its audit.runs row, to name it.
+HOLDER_ROW_SECONDS = 30.0
 
 
 class RunBusy(RuntimeError):
@@ -177,7 +181,7 @@ class Run:
         data = summary.as_dict()
         if error is not None:
             summary.status = FAILED
-            data["status"], data["error"] = FAILED, _first_line(error)
+            data["status"], data["error"] = FAILED, reason_of(error)
         with suppress(psycopg.Error):
             close_run(self.conn, self.run_id, COMPLETED if error is None else FAILED, data)
         return summary
@@ -349,13 +353,26 @@ def _take_run_lock(
     """Set up the schemas, mark dead runs abandoned, and take the one-file-run lock."""
     ensure_schemas(conn)
     mark_abandoned(conn)
-    if try_run_lock(conn):
+    holder = _run_lock_holder(conn, HOLDER_ROW_SECONDS if wait else 0)
+    if holder is None:
         return
-    holder = holder_of_run_lock(conn)
     if not wait:
         raise RunBusy(f"{holder} holds {redact(url)}; not waiting (--no-wait)")
     notify(f"waiting for {holder} to finish on {redact(url)}")
     run_lock(conn)
+    mark_abandoned(conn)  # the run we waited for may have been killed: its row says `running`
+
+
+def _run_lock_holder(conn: psycopg.Connection, patience: float) -> str | None:
+    """None once this session holds the run lock; else words naming the holder. A holder writes
+    its audit.runs row a moment after taking the lock: wait up to `patience` seconds for it."""
+    deadline = time.monotonic() + patience
+    while not try_run_lock(conn):
+        holder = holder_of_run_lock(conn)
+        if holder is not None or time.monotonic() >= deadline:
+            return holder or "another run (still starting)"
+        time.sleep(0.1)
+    return None
 
 
 def _file_batches(path: Path, table: Table, batch_size: int):
@@ -385,16 +402,11 @@ def _database_gone(url: str) -> bool:
     return False
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _as_database_error(error: BaseException, url: str) -> DatabaseUnavailable:
-    reason = _first_line(error)
+    reason = reason_of(error)
     return DatabaseUnavailable(
-        f"lost the database {redact(url)} during the run ({reason}); run again to finish: "
-        "settled batches are kept and the rest are retried"
+        f"lost the database {redact(url)} ({reason}); settled batches are kept, and the rest "
+        "are settled when the same input is sent again"
     )
 
 
@@ -443,8 +455,10 @@ class RequestSettler:
                 )
                 try:
                     run.load_and_settle({table: (batch.source, _one_batch(batch))}, ledger)
-                except BaseException as error:
+                except Exception as error:
                     run.finish(error)
+                    if _database_gone(self.url):
+                        raise _as_database_error(error, self.url) from None
                     raise
                 run.finish()
             return run.settlements[0]

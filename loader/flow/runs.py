@@ -61,15 +61,16 @@ def mark_abandoned(conn: psycopg.Connection) -> list[str]:
     return dead
 
 
-def holder_of_run_lock(conn: psycopg.Connection) -> str:
-    """Words naming the file run that holds the run lock: id, host, pid, start time."""
+def holder_of_run_lock(conn: psycopg.Connection) -> str | None:
+    """Words naming the file run that holds the run lock: id, host, pid, start time; None while
+    the holder has taken the lock but not yet written its row."""
     found = conn.execute(
         "select run_id, host, pid, started_at from audit.runs "
         "where status = %s and input not like 'api:%%' order by started_at desc limit 1",
         (RUNNING,),
     ).fetchone()
     if found is None:
-        return "another run (still starting)"
+        return None
     run_id, host, pid, started = found
     return f"run {run_id} (host {host}, pid {pid}, started {started:%Y-%m-%d %H:%M:%S %Z})"
 
