@@ -2,7 +2,7 @@
 
 Exit codes: 0 done, 1 unexpected error, 2 usage, 3 bad input (missing or malformed file),
 4 database unreachable, 5 more rejected rows than --max-rejected-rows, 6 dbt build failed,
-7 another run holds the database (with --no-wait).
+7 another run holds the database (with --no-wait), 8 the state folder cannot be written.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from rich.console import Console
     EXIT_REJECTED,
     EXIT_DBT,
     EXIT_BUSY,
-) = range(8)
+    EXIT_STATE,
+) = range(9)
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -57,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
         description="Load CSV exports into PostgreSQL, validating every batch.",
         epilog="Exit codes: 0 done, 1 unexpected error, 2 usage, 3 bad input, "
         "4 database unreachable, 5 rejected rows over --max-rejected-rows, 6 dbt build failed, "
-        "7 another run holds the database (--no-wait).",
+        "7 another run holds the database (--no-wait), 8 the state folder cannot be written.",
     )
     root.add_argument("--version", action="version", version=f"%(prog)s {version('csv-migrate')}")
     verbs = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -358,10 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     import psycopg
 
+    from loader.api.tokens import TokenConfigError
     from loader.db.connect import DatabaseUnavailable, reason_of
     from loader.db.embedded import EmbeddedServerError
     from loader.flow.read import InputError
     from loader.flow.run import RunBusy
+    from loader.flow.state_folder import StateFolderError
 
     try:
         return COMMANDS[args.command](args)
@@ -378,11 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     except RunBusy as error:
         err.print(f"error: {error}")
         return EXIT_BUSY
+    except StateFolderError as error:
+        err.print(f"error: {error}")
+        return EXIT_STATE
     except psycopg.OperationalError as error:
         err.print(f"error: lost the database: {reason_of(error)}")
         return EXIT_DATABASE
-    except ValueError as error:  # a malformed setting such as LOADER_API_TOKENS
-        err.print(f"error: {error}")
+    except TokenConfigError as error:
+        err.print(f"error: invalid setting: {error}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -53,7 +53,50 @@ class Settings(BaseSettings):
         description="TCP port of the embedded server on 127.0.0.1; absent: the first free from 54329.",
     )
     api_tokens: str = Field(default="", alias="LOADER_API_TOKENS")
+    api_request_seconds: float = Field(
+        default=120,
+        gt=0,
+        alias="LOADER_API_REQUEST_SECONDS",
+        description="The API answers 504 after this long; a batch insert goes on and keeps "
+        "its Idempotency-Key.",
+    )
+    api_auth_failures: int = Field(
+        default=10,
+        ge=1,
+        alias="LOADER_API_AUTH_FAILURES",
+        description="Failed authentications from one client address, within the window, "
+        "after which it gets 429.",
+    )
+    api_auth_window_seconds: float = Field(
+        default=60, gt=0, alias="LOADER_API_AUTH_WINDOW_SECONDS"
+    )
+    api_pool_min: int = Field(default=1, ge=0, alias="LOADER_API_POOL_MIN")
+    api_pool_max: int = Field(
+        default=10,
+        ge=1,
+        alias="LOADER_API_POOL_MAX",
+        description="Database connections the API's own queries share (settlements open "
+        "their own).",
+    )
+    api_pool_timeout_seconds: float = Field(
+        default=5,
+        gt=0,
+        alias="LOADER_API_POOL_TIMEOUT_SECONDS",
+        description="How long a request waits for a pooled connection before a 503.",
+    )
     backup_dir: Path | None = Field(default=None, alias="BACKUP_DIR")
+    kill_at: str | None = Field(
+        default=None,
+        alias="LOADER_KILL_AT",
+        pattern=r"^(after_verdict|after_raw_load|before_commit|after_commit)(:[1-9][0-9]*)?$",
+        description="Fault tests only: SIGKILL this process at a named point (see kill_points).",
+    )
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Settings:
+        if self.api_pool_min > self.api_pool_max:
+            raise ValueError("LOADER_API_POOL_MIN must not exceed LOADER_API_POOL_MAX")
+        return self
 
     @property
     def state_path(self) -> Path:

@@ -52,8 +52,22 @@ LIBPQ_VARIABLES = {
 
 
 def libpq_environment(url: str) -> dict[str, str]:
-    """The PG* variables libpq (and so dbt's profiles.yml) reads, for this URL."""
+    """The PG* variables libpq (and so dbt's profiles.yml) reads, for this URL.
+
+    A URL may leave the host or port to libpq's defaults (`postgresql://user@/db?host=/run/...`
+    names no port; `postgresql:///db` no host either): then libpq is asked what it used, so that
+    dbt, whose profile has defaults of its own, reaches the same server.
+    """
     info = psycopg.conninfo.conninfo_to_dict(url)
+    if not (info.get("host") and info.get("port")):
+        with connect(url) as conn:
+            info = {
+                **info,
+                "host": conn.info.host,
+                "port": conn.info.port,
+                "user": info.get("user") or conn.info.user,
+                "dbname": info.get("dbname") or conn.info.dbname,
+            }
     return {variable: str(info[key]) for key, variable in LIBPQ_VARIABLES.items() if info.get(key)}
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlencode
 
 import dlt
+import psycopg
 import pyarrow as pa
 
 from loader.db.connect import connect
@@ -36,13 +37,23 @@ logging.getLogger("dlt").setLevel(logging.CRITICAL)
 
 
 def dlt_credentials(url: str) -> str:
-    """dlt requires a password in the URL; a server with trust auth ignores a placeholder."""
-    parts = urlsplit(url)
-    if parts.password:
-        return url
-    user = parts.username or "postgres"
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{user}:unused@{host}"))
+    """A URL dlt accepts for any connection string libpq accepts.
+
+    dlt wants a user, a password and a host in the URL's authority; libpq also takes a socket
+    folder (`postgresql://user@/db?host=/var/run/postgresql`), key=value strings, defaults from
+    PG* variables and ~/.pgpass. So ask libpq what it actually used, and put the real host in
+    the query, where libpq lets it win over the `localhost` placeholder dlt needs; a server that
+    trusts the connection ignores the placeholder password.
+    """
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    with connect(url) as conn:
+        info = conn.info
+        user, password, dbname = info.user, info.password or "unused", info.dbname
+        host, port = info.host, info.port
+    identity = ("user", "password", "dbname", "host", "port", "hostaddr")
+    parameters = {key: value for key, value in given.items() if key not in identity}
+    query = urlencode({**parameters, "host": host})
+    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@localhost:{port}/{quote(dbname, safe='')}?{query}"
 
 
 def raw_resource(table: Table, chunks: Iterable[pa.Table]):

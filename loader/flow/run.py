@@ -31,6 +31,7 @@ from loader.db.connect import DatabaseUnavailable, connect, database_url, reason
 from loader.db.locks import request_lock, run_lock, try_run_lock
 from loader.db.schema import ensure_schemas
 from loader.flow.gate import Gate, Verdict
+from loader.flow.kill_points import AFTER_RAW_LOAD, AFTER_VERDICT, KillPoints
 from loader.flow.raw import RawLoader
 from loader.flow.read import InputError, RawBatch, ReadCounts, read_batches, to_arrow
 from loader.flow.runs import (
@@ -52,6 +53,7 @@ from loader.flow.settle import (
     raw_copies,
     recorded,
 )
+from loader.flow.state_folder import check_writable, write_error_in
 from loader.flow.summary import RunSummary, TableSummary
 from loader.marts.build import build_marts
 from loader.settings import EXPECTATIONS_DIR, Settings
@@ -145,6 +147,7 @@ class Run:
         self.batch_size = batch_size
         self.progress = progress or (lambda table, rows: None)
         self.run_id = new_run_id()
+        self.kill = KillPoints(settings.kill_at)
         self.settlements: list[Settlement] = []
         self.seconds = dict.fromkeys(
             ("read", "validate", "raw load", "promote", "data docs", "dbt build"), 0.0
@@ -159,9 +162,10 @@ class Run:
     def load_and_settle(self, sources: dict[Table, Source], ledger: dict[str, str]) -> None:
         """Judge and land every batch not settled in `ledger` (batch id → state), then settle."""
         work = self._read_judge_load(sources, ledger)
+        self.kill.reach(AFTER_RAW_LOAD)
         self.summary.tables = [item.summary for item in work]
         started = time.perf_counter()
-        settler = Settler(self.conn, self.run_id, self.policy)
+        settler = Settler(self.conn, self.run_id, self.policy, self.kill)
         for item in work:
             for batch in item.batches:
                 settlement = settler.settle(item.table, batch, item.verdicts[batch.batch_id])
@@ -258,6 +262,7 @@ class Run:
             item.table, chunk, [batch.batch_id for batch in batches], referenced
         )
         self.seconds["validate"] += time.perf_counter() - started
+        self.kill.reach(AFTER_VERDICT)
         item.verdicts.update(verdicts)
         landed = raw_copies(
             self.conn, item.table, {batch.batch_id: batch.rows for batch in batches}
@@ -307,6 +312,7 @@ def run_files(
             whom we wait for) rather than raise RunBusy.
     """
     files = input_files(settings.input_dir)
+    check_writable(settings.state_path)
     url = database_url(settings)
     try:
         with connect(url, autocommit=True) as conn:
@@ -337,13 +343,16 @@ def run_files(
                 run.finish(error)
                 raise
             summary = run.finish()
+        summary.write(run.log_dir / "summary.json")
     except (InputError, DatabaseUnavailable, RunBusy, KeyboardInterrupt):
         raise
     except Exception as error:
+        unwritable = write_error_in(error, settings.state_path)
+        if unwritable is not None:
+            raise unwritable from None
         if _database_gone(url):
             raise _as_database_error(error, url) from None
         raise
-    summary.write(run.log_dir / "summary.json")
     return summary
 
 

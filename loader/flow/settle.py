@@ -29,8 +29,9 @@ from psycopg import errors, sql
 
 from loader.db.locks import batch_lock, schema_lock, table_lock
 from loader.flow.gate import Failure, Verdict
-from loader.flow.rules import REFERENCE_EXPECTATION, reference_rule
-from loader.tables import Table
+from loader.flow.kill_points import AFTER_COMMIT, BEFORE_COMMIT, NOWHERE, KillPoints
+from loader.flow.rules import BEYOND_MICROSECONDS, REFERENCE_EXPECTATION, reference_rule
+from loader.tables import Column, Table
 
 PROMOTED, PARTIAL, REJECTED = "promoted", "partially_promoted", "rejected"
 WAITING, FAILED = "waiting", "failed"
@@ -143,16 +144,21 @@ def reasons(verdict: Verdict) -> list[dict]:
     return [{**failure.as_dict(), "rows": rows} for failure, rows in ordered]
 
 
-def _cast(table: Table, alias: str) -> list[sql.Composable]:
-    casts = []
-    for column in table.columns:
-        name = sql.Identifier(alias, column.name)
-        casts.append(
-            name
-            if column.kind == "text"
-            else sql.SQL("{}::{}").format(name, sql.SQL(column.postgres_type))
+def cast_field(column: Column, field: sql.Composable) -> sql.Composable:
+    """A raw text field as its core type, the way promotion casts it: text as it is, a time
+    with its fraction truncated to microseconds (rules.BEYOND_MICROSECONDS) rather than
+    rounded by PostgreSQL into the next second."""
+    if column.kind == "text":
+        return field
+    if column.kind == "timestamp":
+        field = sql.SQL("regexp_replace({}, {}, {})").format(
+            field, sql.Literal(BEYOND_MICROSECONDS), sql.Literal(r"\1")
         )
-    return casts
+    return sql.SQL("{}::{}").format(field, sql.SQL(column.postgres_type))
+
+
+def _cast(table: Table, alias: str) -> list[sql.Composable]:
+    return [cast_field(column, sql.Identifier(alias, column.name)) for column in table.columns]
 
 
 def upsert_statement(table: Table) -> sql.Composed:
@@ -254,10 +260,13 @@ def _first_line(error: psycopg.Error) -> str:
 class Settler:
     """Settles the batches of one run (or API request) on one autocommit connection."""
 
-    def __init__(self, conn: psycopg.Connection, run_id: str, policy: str):
+    def __init__(
+        self, conn: psycopg.Connection, run_id: str, policy: str, kill: KillPoints = NOWHERE
+    ):
         self.conn = conn
         self.run_id = run_id
         self.policy = policy
+        self.kill = kill
         self._prepared: set[str] = set()
         # A crash loses at most the last few settlements, which the next run redoes: they are
         # not in the ledger, so they are not skipped. Nothing is ever half-settled.
@@ -302,6 +311,8 @@ class Settler:
                 batch, status, batch.rows - held, held, reasons(verdict), attempts=attempt
             )
             self._write_ledger(table, settlement, verdict)
+            self.kill.reach(BEFORE_COMMIT)
+        self.kill.reach(AFTER_COMMIT)
         return settlement
 
     def _lock_and_reread(self, table: Table, batch: BatchInfo) -> Settlement | None:
