@@ -6,7 +6,8 @@ would otherwise accept an out-of-range int) and refuses records with extra or mi
 (`strict=True`: it would otherwise drop unknown keys); times are written timezone-aware so they
 cannot shift with the machine's zone. A file cut at a block boundary or a flipped bit can read
 back without error, which is why nothing is imported before `store.verify_file` has checked the
-file's sha256 and row count.
+file's sha256 and row count. A file that does not decode raises `UnreadableFile`, whatever
+fastavro raised (EOFError, zlib.error, UnicodeDecodeError, ValueError, ...).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,27 @@ AVRO_TYPES = {
     "timestamp": {"type": "long", "logicalType": "timestamp-micros"},
 }
 COPY_TYPES = {"integer": "int4", "text": "text", "json": "text", "timestamp": "int8"}
+
+
+class UnreadableFile(Exception):
+    """An Avro file that does not decode: cut short, written over, or not Avro at all. The
+    message is one line: the decoder's error type and text."""
+
+
+@contextmanager
+def decoding() -> Iterator[None]:
+    """Turn whatever the decoder raises on a damaged file into UnreadableFile; OSError (the
+    file could not be read at all) passes through."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - fastavro raises many types on a damaged file
+        kind = type(error)
+        package = kind.__module__.split(".")[0]
+        name = kind.__qualname__ if package == "builtins" else f"{package}.{kind.__qualname__}"
+        text = " ".join(str(error).split()) or "no detail"
+        raise UnreadableFile(f"{name}: {text}") from None
 
 
 @dataclass(frozen=True)
@@ -148,8 +171,9 @@ def export_table(conn: psycopg.Connection, table: Table, path: Path) -> int:
 
 
 def read_records(path: Path, names: list[str]) -> Iterator[tuple]:
-    """The records of an Avro file, as tuples of the named fields."""
-    with path.open("rb") as handle:
+    """The records of an Avro file, as tuples of the named fields; UnreadableFile where the
+    file stops decoding."""
+    with path.open("rb") as handle, decoding():
         for record in fastavro.reader(handle):
             yield tuple(record[name] for name in names)
 
@@ -160,12 +184,12 @@ def read_rows(path: Path, table: Table) -> Iterator[tuple]:
 
 
 def writer_schema(path: Path) -> dict:
-    """The schema a file was written with (from its header)."""
-    with path.open("rb") as handle:
+    """The schema a file was written with (from its header); UnreadableFile if it has none."""
+    with path.open("rb") as handle, decoding():
         return fastavro.reader(handle).writer_schema
 
 
 def count_rows(path: Path) -> int:
-    """Decode every record of the file and count them (a decode error raises)."""
-    with path.open("rb") as handle:
+    """Decode every record of the file and count them; UnreadableFile on a decode error."""
+    with path.open("rb") as handle, decoding():
         return sum(1 for _ in fastavro.reader(handle))

@@ -1,7 +1,7 @@
 """`python -m backup`: create, list, verify, restore and schedule AVRO backups of core.
 
-Exit codes: 0 done, 1 unexpected error, 2 usage, 3 backup missing, damaged or refused,
-4 database unreachable.
+Exit codes: 0 done, 1 unexpected error, 2 usage (a command-line mistake or an invalid setting),
+3 backup missing, damaged or refused, 4 database unreachable. Every error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -10,18 +10,56 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.table import Table as RichTable
+from rich.text import Text
 
 if TYPE_CHECKING:
     from backup.restore import Restored
+    from backup.store import BackupInfo
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_DATABASE = range(5)
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup: stamps, paths and error texts are printed as they are, brackets included.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a command-line mistake told in one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} -h)\n")
+
+
+def at_least_one(text: str) -> int:
+    """`--keep`: a whole number of backups, at least 1 (the backup just made always stays)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 1, got {value} (the backup just made is always kept)"
+        )
+    return value
+
+
+def cron_expression(text: str) -> str:
+    """`--cron`: a five-field crontab expression."""
+    from backup.schedule import trigger
+
+    try:
+        trigger(text)
+    except (ValueError, TypeError, KeyError) as error:
+        raise argparse.ArgumentTypeError(f"not a crontab expression {text!r}: {error}") from None
+    return text
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,11 +67,11 @@ def parser() -> argparse.ArgumentParser:
     from loader.tables import TABLES
 
     names = [table.name for table in TABLES]
-    root = argparse.ArgumentParser(
+    root = Parser(
         prog="python -m backup",
         description="AVRO backups of the core tables.",
         epilog="Exit codes: 0 done, 1 unexpected error, 2 usage, 3 backup missing, damaged or "
-        "refused, 4 database unreachable.",
+        "refused (an unreadable newest backup included), 4 database unreachable.",
     )
     root.add_argument(
         "--dir", type=Path, help="backup folder (default BACKUP_DIR, else <state folder>/backups)"
@@ -44,24 +82,30 @@ def parser() -> argparse.ArgumentParser:
     listing = verbs.add_parser("list", help="backups with time, tables, rows and size")
     listing.add_argument("--json", action="store_true")
     verify = verbs.add_parser("verify", help="re-read a backup and check it (default: newest)")
-    verify.add_argument("stamp", nargs="?")
+    verify.add_argument("stamp", nargs="?", help="a backup's name as `list` shows it")
     restore = verbs.add_parser("restore", help="replace a table's rows from a backup, atomically")
     restore.add_argument("--table", required=True, choices=names)
-    restore.add_argument("--from", dest="stamp", help="backup stamp (default: newest)")
+    restore.add_argument(
+        "--from", dest="stamp", help="backup stamp as `list` shows it (default: newest)"
+    )
     restore.add_argument(
         "--with-dependents",
         action="store_true",
         help="also restore the tables that reference it, from the same backup",
     )
     schedule = verbs.add_parser("schedule", help="back up on a cron schedule (UTC) until stopped")
-    schedule.add_argument("--cron", default=DEFAULT_CRON, help=f"default {DEFAULT_CRON!r}")
-    schedule.add_argument("--keep", type=int, default=7, help="backups to keep (default 7)")
+    schedule.add_argument(
+        "--cron", type=cron_expression, default=DEFAULT_CRON, help=f"default {DEFAULT_CRON!r}"
+    )
+    schedule.add_argument(
+        "--keep", type=at_least_one, default=7, help="backups to keep, at least 1 (default 7)"
+    )
     return root
 
 
 def command(args: argparse.Namespace) -> int:
     from backup.restore import restore_table
-    from backup.schedule import run_schedule, trigger
+    from backup.schedule import run_schedule
     from backup.store import create_backup, find_backup, list_backups, verify_backup
     from loader.db.connect import database_url
     from loader.settings import Settings
@@ -82,35 +126,9 @@ def command(args: argparse.Namespace) -> int:
     elif args.command == "list":
         backups = list_backups(folder)
         if args.json:
-            print(
-                json.dumps(
-                    [
-                        {
-                            "stamp": b.stamp,
-                            "path": str(b.path),
-                            "bytes": b.bytes,
-                            "snapshot_at": b.manifest["snapshot_at"],
-                            "tables": {n: e["rows"] for n, e in b.tables.items()},
-                            "ledger": {f"audit.{n}": e["rows"] for n, e in (b.ledger or {}).items()}
-                            or None,
-                        }
-                        for b in backups
-                    ],
-                    indent=2,
-                )
-            )
+            print(json.dumps([listed(b) for b in backups], indent=2))
         else:
-            grid = RichTable(title=f"Backups in {folder}")
-            for header in ("stamp", "snapshot (UTC)", "tables and rows", "bytes"):
-                grid.add_column(header)
-            for b in backups:
-                grid.add_row(
-                    b.stamp,
-                    b.manifest["snapshot_at"],
-                    ", ".join(f"{n} {e['rows']}" for n, e in b.tables.items()),
-                    f"{b.bytes:,}",
-                )
-            out.print(grid)
+            out.print(listing_table(folder, backups))
     elif args.command == "verify":
         backup = find_backup(folder, args.stamp)
         checked = verify_backup(backup)
@@ -128,11 +146,50 @@ def command(args: argparse.Namespace) -> int:
                 + ledger_words(each)
             )
     else:
-        trigger(args.cron)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         err.print(f"backing up to {folder} on {args.cron!r} (UTC), keeping {args.keep}")
         run_schedule(lambda: database_url(settings), folder, args.cron, args.keep)
     return EXIT_OK
+
+
+def listed(backup: BackupInfo) -> dict:
+    """A backup as `list --json` gives it; an unusable one has `unreadable` (why) and nulls."""
+    if backup.problem:
+        return {
+            "stamp": backup.stamp,
+            "path": str(backup.path),
+            "unreadable": backup.problem,
+            "bytes": None,
+            "snapshot_at": None,
+            "tables": None,
+            "ledger": None,
+        }
+    return {
+        "stamp": backup.stamp,
+        "path": str(backup.path),
+        "unreadable": None,
+        "bytes": backup.bytes,
+        "snapshot_at": backup.manifest["snapshot_at"],
+        "tables": {n: e["rows"] for n, e in backup.tables.items()},
+        "ledger": {f"audit.{n}": e["rows"] for n, e in (backup.ledger or {}).items()} or None,
+    }
+
+
+def listing_table(folder: Path, backups: list[BackupInfo]) -> RichTable:
+    grid = RichTable(title=f"Backups in {folder}")
+    for header in ("stamp", "snapshot (UTC)", "tables and rows", "bytes"):
+        grid.add_column(header)
+    for b in backups:
+        if b.problem:
+            grid.add_row(b.stamp, "?", Text(f"UNREADABLE: {b.problem}", style="red"), "?")
+            continue
+        grid.add_row(
+            b.stamp,
+            b.manifest["snapshot_at"],
+            ", ".join(f"{n} {e['rows']}" for n, e in b.tables.items()),
+            f"{b.bytes:,}",
+        )
+    return grid
 
 
 def ledger_words(restored: Restored) -> str:
@@ -149,25 +206,38 @@ def ledger_words(restored: Restored) -> str:
     )
 
 
+def fail(message: str) -> None:
+    err.print(f"error: {one_line(message)}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; exit 2 only for what argparse or the settings refuse, never for a stray
+    ValueError from the work itself."""
     args = parser().parse_args(argv)
+    import psycopg
+    from pydantic import ValidationError
+
     from backup.store import BackupError
-    from loader.db.connect import DatabaseUnavailable
+    from loader.db.connect import DatabaseUnavailable, reason_of
     from loader.db.embedded import EmbeddedServerError
 
     try:
         return command(args)
     except BackupError as error:
-        err.print(f"error: {error}")
+        fail(str(error))
         return EXIT_REFUSED
-    except (DatabaseUnavailable, EmbeddedServerError) as error:
-        err.print(f"error: {error}")
-        return EXIT_DATABASE
-    except ValueError as error:
-        err.print(f"error: {error}")
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        fail(f"invalid setting: {problems}")
         return EXIT_USAGE
+    except (DatabaseUnavailable, EmbeddedServerError) as error:
+        fail(str(error))
+        return EXIT_DATABASE
+    except psycopg.OperationalError as error:
+        fail(f"lost the database: {reason_of(error)}")
+        return EXIT_DATABASE
     except KeyboardInterrupt:
         return EXIT_OK if args.command == "schedule" else 130
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
-        err.print(f"error: unexpected {type(error).__name__}: {error}")
+        fail(f"unexpected {type(error).__name__}: {error}")
         return EXIT_ERROR

@@ -11,6 +11,7 @@ whose rows the restore took away instead of skipping them as settled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from backup import ledger
-from backup.avro import columns_of, read_rows
+from backup.avro import UnreadableFile, columns_of, read_rows
 from backup.store import (
     BackupError,
     BackupInfo,
@@ -28,7 +29,7 @@ from backup.store import (
     verify_file,
     verify_ledger_file,
 )
-from loader.db.connect import connect
+from loader.db.connect import connect, reason_of
 from loader.db.schema import ensure_schemas
 from loader.tables import Table, dependents_of, table_named
 
@@ -173,25 +174,45 @@ def refuse_if_blocked(conn: psycopg.Connection, table: Table, stamp: str) -> Non
             )
 
 
-def check_count(backup: BackupInfo, entry: dict, staged: int) -> None:
+def stage_file(backup: BackupInfo, entry: dict, staging: Callable[[Path], int]) -> None:
+    """Stage one file with `staging` (path → records read) and check its row count.
+
+    A file whose sha256 matches (its manifest checksum rewritten to match) but which does not
+    decode, or whose values PostgreSQL refuses, ends in one BackupError naming it: the COPY is
+    cancelled and the restore's transaction rolls back, so nothing changes.
+    """
+    where = f"backup {backup.stamp}, {entry['file']}"
+    try:
+        staged = staging(backup.path / entry["file"])
+    except UnreadableFile as error:
+        raise BackupError(
+            f"{where}: damaged, it does not decode ({error}); nothing changed"
+        ) from None
+    except OSError as error:
+        raise BackupError(f"{where}: cannot read it ({error.strerror}); nothing changed") from None
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
+        raise BackupError(
+            f"{where}: PostgreSQL refuses its rows ({reason_of(error)}); nothing changed"
+        ) from None
     if staged != entry["rows"]:
         raise BackupError(
-            f"backup {backup.stamp}, {entry['file']}: {staged} rows, "
-            f"the manifest says {entry['rows']}; nothing changed"
+            f"{where}: {staged} rows, the manifest says {entry['rows']}; nothing changed"
         )
 
 
 def stage_backup(conn: psycopg.Connection, backup: BackupInfo, tables: list[Table]) -> None:
     """Stage every file the restore needs, checking each against the manifest's row count."""
     for each in tables:
-        entry = backup.tables[each.name]
-        check_count(backup, entry, stage(conn, each, backup.path / entry["file"]))
+        stage_file(
+            backup, backup.tables[each.name], lambda path, each=each: stage(conn, each, path)
+        )
     if backup.ledger is not None:
         names = [each.name for each in tables]
         for audit in ledger.LEDGER:
-            entry = backup.ledger[audit.name]
-            check_count(
-                backup, entry, ledger.stage(conn, audit, backup.path / entry["file"], names)
+            stage_file(
+                backup,
+                backup.ledger[audit.name],
+                lambda path, audit=audit: ledger.stage(conn, audit, path, names),
             )
 
 
@@ -239,10 +260,11 @@ def restore_table(
     """Restore `table_name` (and, if asked, the tables referencing it) from a backup, with
     their ledger.
 
-    Every file involved is checked first (sha256 and schema against the manifest), and its row
-    count is checked as it is staged, before any row changes. Then, in the one transaction that
-    holds the tables' exclusive locks, the core rows and the ledger rows are swapped in; any
-    error leaves every table as it was.
+    The backup is refused first if its name is not a plain stamp or its manifest is unusable
+    (store.find_backup). Every file involved is checked (sha256 and schema against the
+    manifest), and decoded and counted as it is staged, before any row changes. Then, in the one
+    transaction that holds the tables' exclusive locks, the core rows and the ledger rows are
+    swapped in; any error leaves every table as it was.
     """
     table = table_named(table_name)
     backup = find_backup(folder, stamp)

@@ -22,9 +22,17 @@ def trigger(cron: str) -> CronTrigger:
     return CronTrigger.from_crontab(cron, timezone="UTC")
 
 
+def check_keep(keep: int) -> None:
+    """Retention keeps at least the backup just made; ValueError otherwise (the CLI refuses
+    such a `--keep` as usage before it gets here)."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"a schedule must keep at least 1 backup, not {keep!r}")
+
+
 def backup_and_prune(url: Callable[[], str], folder: Path, keep: int) -> None:
-    """One scheduled run: a full backup, then keep the newest `keep`. Errors are logged, and
-    the scheduler goes on to the next run."""
+    """One scheduled run: a full backup, then keep the newest `keep` (at least 1). Errors of
+    the run are logged, and the scheduler goes on to the next run."""
+    check_keep(keep)
     try:
         made = create_backup(url(), folder)
         removed = prune(folder, keep)
@@ -39,7 +47,9 @@ def backup_and_prune(url: Callable[[], str], folder: Path, keep: int) -> None:
 
 
 def run_schedule(url: Callable[[], str], folder: Path, cron: str, keep: int) -> None:
-    """Block, backing up on every firing of `cron` until interrupted."""
+    """Block, backing up on every firing of `cron` until interrupted, keeping the newest
+    `keep` (at least 1)."""
+    check_keep(keep)
     scheduler = BlockingScheduler(timezone="UTC")
     scheduler.add_job(
         backup_and_prune,

@@ -14,8 +14,16 @@ import fastavro
 import psycopg
 import pytest
 
+from backup.avro import file_sha256
 from backup.restore import restore_table
-from backup.store import BackupError, create_backup, list_backups, prune, verify_backup
+from backup.store import (
+    BackupError,
+    create_backup,
+    find_backup,
+    list_backups,
+    prune,
+    verify_backup,
+)
 from loader.flow.run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, settings_for
@@ -257,3 +265,174 @@ def test_a_scheduled_run_backs_up_and_keeps_the_newest(loaded, folder):
     assert all(set(b.tables) == {"departments", "jobs", "hired_employees"} for b in backups)
     backup_and_prune(lambda: "postgresql://nobody@127.0.0.1:9/none", folder, keep=2)
     assert len(list_backups(folder)) == 2, "a failed night changes nothing and does not raise"
+
+
+def database_state(url):
+    """Every core table's checksum and the ledger's counts."""
+    return [checksum(url, t) for t in ("departments", "jobs", "hired_employees")], ledger_count(url)
+
+
+def test_prune_refuses_to_keep_fewer_than_one_and_deletes_nothing(loaded, folder):
+    from backup.schedule import backup_and_prune
+
+    stamps = [create_backup(loaded, folder).stamp for _ in range(2)]
+    for keep in (0, -1):
+        with pytest.raises(ValueError, match="at least 1"):
+            prune(folder, keep)
+        with pytest.raises(ValueError, match="at least 1"):
+            backup_and_prune(lambda: loaded, folder, keep)
+    assert [b.stamp for b in list_backups(folder)] == stamps, "nothing made, nothing deleted"
+
+
+def test_restore_refuses_an_unknown_manifest_format_before_it_connects(loaded, folder):
+    made = create_backup(loaded, folder)
+    manifest_path = made.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format"] = 3
+    manifest_path.write_text(json.dumps(manifest))
+    nowhere = "postgresql://nobody@127.0.0.1:9/none"  # reached only if it got past the refusal
+    for stamp in (made.stamp, None):
+        with pytest.raises(BackupError, match="format 3, unknown to this version"):
+            restore_table(nowhere, folder, "jobs", stamp)
+    with pytest.raises(BackupError, match="format 3"):
+        verify_backup(list_backups(folder)[-1])
+
+
+@pytest.mark.parametrize("name", ["../..", "..", "/tmp", "ABSOLUTE", "a/b", ".PARTIAL", ""])
+def test_a_backup_is_named_by_its_stamp_never_by_a_path(loaded, folder, name):
+    made = create_backup(loaded, folder)
+    name = {"ABSOLUTE": str(made.path), ".PARTIAL": f".{made.stamp}.partial"}.get(name, name)
+    (folder / f".{made.stamp}.partial").mkdir()
+    with pytest.raises(BackupError, match="is not a backup's name"):
+        find_backup(folder, name)
+    with pytest.raises(BackupError, match="is not a backup's name"):
+        restore_table("postgresql://nobody@127.0.0.1:9/none", folder, "jobs", name)
+
+
+def scribbled(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]) + data[middle + 64 :]
+
+
+DAMAGES = {
+    "truncated": lambda data: data[:-20],  # header whole: found only by decoding the records
+    "flipped": scribbled,
+    "emptied": lambda data: b"",
+    "not avro": lambda data: b"id,department\r\n1,Product Management\r\n",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("file", ["hired_employees.avro", "audit.batches.avro"])
+def test_a_damaged_file_whose_checksum_was_rewritten_is_one_backup_error(
+    loaded, folder, damage, file
+):
+    made = create_backup(loaded, folder)
+    path = made.path / file
+    path.write_bytes(DAMAGES[damage](path.read_bytes()))
+    manifest_path = made.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    group, name = ("ledger", "batches") if file.startswith("audit.") else ("tables", file[:-5])
+    manifest[group][name]["sha256"] = file_sha256(path)
+    manifest_path.write_text(json.dumps(manifest))
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        conn.execute("delete from core.hired_employees where id <= 10")
+    before = database_state(loaded)
+    where = f"backup {made.stamp}, {file}: "
+    with pytest.raises(BackupError, match=where) as verified:
+        verify_backup(find_backup(folder, made.stamp))
+    with pytest.raises(BackupError, match=where) as restored:
+        restore_table(loaded, folder, "hired_employees", made.stamp)
+    for error in (verified.value, restored.value):
+        assert "\n" not in str(error)
+    assert database_state(loaded) == before
+    create_backup(loaded, folder)  # leave a sound newest backup for the next tests
+
+
+def test_a_file_that_decodes_only_up_to_a_point_is_refused_while_staged(loaded, folder):
+    """The header and the first blocks are sound, so only the restore's COPY meets the damage:
+    it is cancelled, and core and the ledger stay as they were."""
+    made = create_backup(loaded, folder)
+    path = made.path / "hired_employees.avro"
+    path.write_bytes(path.read_bytes()[:-20])
+    manifest_path = made.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["tables"]["hired_employees"]["sha256"] = file_sha256(path)
+    manifest_path.write_text(json.dumps(manifest))
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        conn.execute("delete from core.hired_employees where id <= 10")
+    before = database_state(loaded)
+    with pytest.raises(BackupError, match=r"does not decode \(.*\); nothing changed$"):
+        restore_table(loaded, folder, "hired_employees", made.stamp)
+    assert database_state(loaded) == before
+    create_backup(loaded, folder)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    {
+        "not json": "{",
+        "not an object": "[]",
+        "no tables": json.dumps({"format": 2, "snapshot_at": "2024-01-01T00:00:00+00:00"}),
+        "a file out of the folder": "OUT",
+        "format 2 without its ledger": "NO LEDGER",
+    },
+)
+def test_an_unreadable_newest_manifest_is_reported_not_passed_over(loaded, folder, broken):
+    older = create_backup(loaded, folder)
+    newest = create_backup(loaded, folder)
+    manifest_path = newest.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if broken == "a file out of the folder":
+        manifest["tables"]["jobs"]["file"] = f"../{older.stamp}/jobs.avro"
+        text = json.dumps(manifest)
+    elif broken == "format 2 without its ledger":
+        del manifest["ledger"]
+        text = json.dumps(manifest)
+    else:
+        text = broken
+    manifest_path.write_text(text)
+    listed = list_backups(folder)
+    assert [b.stamp for b in listed] == [older.stamp, newest.stamp]
+    assert listed[0].problem is None and listed[1].problem.startswith("manifest.json")
+    with pytest.raises(BackupError, match=f"the newest backup, {newest.stamp}, cannot be used"):
+        find_backup(folder, None)
+    with pytest.raises(BackupError, match=f"backup {newest.stamp} cannot be used"):
+        find_backup(folder, newest.stamp)
+    with pytest.raises(BackupError, match=f"backup {newest.stamp} cannot be used"):
+        verify_backup(listed[1])
+    assert prune(folder, 1) == [], "the one sound backup is the newest that counts"
+    assert [b.stamp for b in list_backups(folder)] == [older.stamp, newest.stamp]
+    verify_backup(find_backup(folder, older.stamp))
+
+
+@pytest.mark.parametrize("file", ["hired_employees.avro", "audit.batches.avro"])
+def test_a_sound_file_with_values_postgresql_refuses_is_one_backup_error(loaded, folder, file):
+    """Well-formed Avro whose values do not fit the table (a NUL in a text, JSON that is not
+    JSON): the COPY is refused, the restore rolls back."""
+    made = create_backup(loaded, folder)
+    path = made.path / file
+    with path.open("rb") as handle:
+        reader = fastavro.reader(handle)
+        schema, records = reader.writer_schema, list(reader)
+    if file == "audit.batches.avro":
+        records[0]["reasons"] = "{not json"
+    else:
+        records[0]["name"] = "bad\x00name"
+    with path.open("wb") as handle:
+        fastavro.writer(handle, fastavro.parse_schema(schema), records, codec="deflate")
+    manifest_path = made.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    group, name = ("ledger", "batches") if file.startswith("audit.") else ("tables", file[:-5])
+    manifest[group][name]["sha256"] = file_sha256(path)
+    manifest_path.write_text(json.dumps(manifest))
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        conn.execute("delete from core.hired_employees where id <= 10")
+    before = database_state(loaded)
+    assert verify_backup(find_backup(folder, made.stamp)), "sound as Avro"
+    with pytest.raises(
+        BackupError, match=rf"backup {made.stamp}, {file}: PostgreSQL refuses its rows \(.+\); "
+    ):
+        restore_table(loaded, folder, "hired_employees", made.stamp)
+    assert database_state(loaded) == before
+    create_backup(loaded, folder)
