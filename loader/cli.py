@@ -14,6 +14,7 @@ import sys
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -32,6 +33,14 @@ from rich.console import Console
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a command-line mistake told in one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def batch_size(text: str) -> int:
@@ -53,7 +62,7 @@ def non_negative(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = Parser(
         prog="python -m loader",
         description="Load CSV exports into PostgreSQL, validating every batch.",
         epilog="Exit codes: 0 done, 1 unexpected error, 2 usage, 3 bad input, "
