@@ -67,9 +67,7 @@ class Settings(BaseSettings):
         description="Failed authentications from one client address, within the window, "
         "after which it gets 429.",
     )
-    api_auth_window_seconds: float = Field(
-        default=60, gt=0, alias="LOADER_API_AUTH_WINDOW_SECONDS"
-    )
+    api_auth_window_seconds: float = Field(default=60, gt=0, alias="LOADER_API_AUTH_WINDOW_SECONDS")
     api_pool_min: int = Field(default=1, ge=0, alias="LOADER_API_POOL_MIN")
     api_pool_max: int = Field(
         default=10,

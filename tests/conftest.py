@@ -91,14 +91,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(database_url: str, state: Path, tokens: str):
-    """`python -m loader serve` on a free loopback port; yields its base URL."""
+def running_server(database_url: str, state: Path, tokens: str, **variables: str):
+    """`python -m loader serve` on a free loopback port (more settings as `variables`, e.g.
+    LOADER_API_REQUEST_SECONDS="2"); yields its base URL."""
     port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "LOADER_STATE_DIR": str(state),
         "LOADER_API_TOKENS": tokens,
+        **variables,
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "loader", "serve", "--port", str(port)],

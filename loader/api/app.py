@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -10,57 +9,25 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loader.api.idempotency import IdempotencyKeys
+from loader.api.limits import BodyLimit, Deadline
+from loader.api.pool import DatabasePool, PoolExhausted
 from loader.api.refresh import MartsRefresher
 from loader.api.routers import backups, batches, dashboard, reports
+from loader.api.schemas import Health
+from loader.api.settlements import SettlementThreads
+from loader.api.throttle import FailureThrottle
 from loader.api.tokens import parse_tokens
-from loader.db.connect import DatabaseUnavailable, connect
+from loader.db.connect import DatabaseUnavailable
 from loader.flow.run import RequestSettler
 from loader.settings import Settings
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # 1000 rows of this data fit in a tenth of it
-REQUEST_SECONDS = 120
 
 log = logging.getLogger("loader.api")
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over `limit` bytes with 413, declared or streamed."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _too_large(self.limit)(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _BodyTooLarge:
-            await _too_large(self.limit)(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
 
 
 def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
@@ -68,49 +35,66 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.refresher.start()
+        state = app.state
+        state.pool.open()
+        state.refresher.start()
         yield
-        app.state.refresher.stop()
+        # Settlements still running (a 504 does not stop them) finish and store their answers.
+        await run_in_threadpool(state.settlements.shutdown)
+        state.refresher.stop()
+        await run_in_threadpool(state.pool.close)
 
     app = FastAPI(
         title="csv-migrate API",
         version="1",
         lifespan=lifespan,
         description="Batch inserts through the loader's validation path, the two "
-        "reports from the dbt marts, audit, backups. Tokens: Authorization: Bearer.",
+        "reports from the dbt marts, audit, backups. Tokens: `Authorization: Bearer`; a read "
+        "token may also be given as `?token=` on the reports, the dashboard and the data docs.",
     )
-    app.state.settings = settings
-    app.state.url = url
-    app.state.insecure = insecure
-    app.state.tokens = parse_tokens(settings.api_tokens)
-    app.state.settler = RequestSettler(settings, url)
-    app.state.idempotency = IdempotencyKeys(url)
-    app.state.refresher = MartsRefresher(
+    state = app.state
+    state.settings = settings
+    state.url = url
+    state.insecure = insecure
+    state.tokens = parse_tokens(settings.api_tokens)
+    state.throttle = FailureThrottle(settings.api_auth_failures, settings.api_auth_window_seconds)
+    state.pool = DatabasePool(url, settings)
+    state.settler = RequestSettler(settings, url)
+    state.settlements = SettlementThreads()
+    state.idempotency = IdempotencyKeys(state.pool)
+    state.refresher = MartsRefresher(
         url,
         {"LOADER_STATE_DIR": str(settings.state_path)},
-        after_build=app.state.settler.build_docs,
+        after_build=state.settler.build_docs,
     )
     for router in (batches.router, reports.router, backups.router, dashboard.router):
         app.include_router(router)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        response_model=Health,
+        responses={503: {"model": Health, "description": "database unreachable, or busy"}},
+    )
     def healthz() -> JSONResponse:
-        """200 when the database answers, 503 otherwise."""
+        """200 when the database answers, 503 when it does not or every connection is busy."""
         try:
-            with connect(url) as conn:
+            with state.pool.connection() as conn:
                 conn.execute("select 1")
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, psycopg.OperationalError):
             return JSONResponse({"status": "database unreachable"}, status_code=503)
+        except PoolExhausted:
+            return JSONResponse({"status": "busy"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.middleware("http")
-    async def timeout(request: Request, call_next):
-        try:
-            return await asyncio.wait_for(call_next(request), REQUEST_SECONDS)
-        except TimeoutError:
-            return JSONResponse(
-                {"detail": f"no answer within {REQUEST_SECONDS} s"}, status_code=504
-            )
+    _handle_errors(app)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(Deadline, seconds=settings.api_request_seconds)
+    return app
+
+
+def _handle_errors(app: FastAPI) -> None:
+    """Every error as JSON `{"detail": ...}`, without stack traces or SQL."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
@@ -125,6 +109,15 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
         return JSONResponse(
             {"detail": [{"loc": e["loc"], "msg": e["msg"]} for e in error.errors()]},
             status_code=422,
+        )
+
+    @app.exception_handler(PoolExhausted)
+    async def busy(request: Request, error: PoolExhausted):
+        log.warning("no free database connection on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"detail": f"the server is busy: {error}"},
+            status_code=503,
+            headers={"Retry-After": "2"},
         )
 
     @app.exception_handler(DatabaseUnavailable)
@@ -142,6 +135,3 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
     async def unexpected(request: Request, error: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
-
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-    return app

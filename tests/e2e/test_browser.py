@@ -84,6 +84,7 @@ def test_the_dashboard_draws_the_marts_and_its_filters_work(site, browser):
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     prompt = page.goto(f"{base}/dashboard")
     assert prompt.status == 401 and page.locator("input[name=token]").count() == 1
+    assert "Authorization: Bearer <token>" in page.inner_text("body"), "no tag eaten"
     page.fill("input[name=token]", TOKEN)
     page.click("button")
     page.wait_for_selector("body[data-rendered=yes]")

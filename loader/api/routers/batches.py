@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Literal
+from functools import partial
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from psycopg.rows import dict_row
 from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from loader.api.deps import Database, Read, Write
-from loader.api.schemas import MAX_ROWS, ROW_MODELS, BatchAnswer, RowFailure
+from loader.api.idempotency import once_per_key
+from loader.api.schemas import (
+    AUTH,
+    MAX_ROWS,
+    ROW_MODELS,
+    BatchAnswer,
+    BatchRecord,
+    ErrorDetail,
+    FailingRow,
+    RowFailure,
+    RunRecord,
+    errors,
+)
 from loader.flow.read import InputError, RawBatch, batch_id, read_stream
 from loader.flow.settle import FAILED, PARTIAL, PROMOTED
 from loader.tables import TABLES_BY_NAME, Table
@@ -79,6 +94,8 @@ def answer(
     reasons: list[dict],
     replayed: bool = False,
 ) -> JSONResponse:
+    """201 promoted (wholly or in part); 200 judged and held back (rejected, waiting); 503
+    failed (a transient database error outlasted the retries)."""
     line_to_index = {line: index for index, line in enumerate(batch.line_numbers)}
     failures = [
         RowFailure(
@@ -96,12 +113,24 @@ def answer(
         failures=failures,
         reasons=reasons,
         replayed=replayed,
-    )
+    ).model_dump(mode="json")
     if status == FAILED:
-        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
-    return JSONResponse(
-        body.model_dump(), status_code=201 if status in (PROMOTED, PARTIAL) else 422
-    )
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(body, status_code=201 if status in (PROMOTED, PARTIAL) else 200)
+
+
+ROWS_SCHEMA = {
+    "oneOf": [
+        {
+            "title": f"{name} rows",
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_ROWS,
+            "items": model.model_json_schema(),
+        }
+        for name, model in ROW_MODELS.items()
+    ]
+}
 
 
 @router.post(
@@ -110,57 +139,80 @@ def answer(
     response_model=BatchAnswer,
     status_code=201,
     responses={
-        422: {"description": "rejected: each failing row's index, field, rule"},
-        413: {"description": "more than 1000 rows, or body too large"},
-        503: {"description": "a transient database error outlasted the retries; retry later"},
+        201: {"description": "promoted, wholly or in part (`quarantine_rows`)"},
+        200: {
+            "model": BatchAnswer,
+            "description": "judged and held back: `rejected` (a row rule failed) or `waiting` "
+            "(a department or job does not exist yet); each failing row's index, field, rule",
+        },
+        **errors(*AUTH, 404, 413, 422),
+        503: {
+            "model": BatchAnswer | ErrorDetail,
+            "description": "status `failed` (a transient database error outlasted the "
+            "retries), the database unreachable or its connections busy: retry after "
+            "Retry-After; nothing was settled",
+        },
+        **errors(504),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": ROWS_SCHEMA},
+                "text/csv": {"schema": {"type": "string", "description": "header-less CSV"}},
+            },
+        }
     },
 )
 async def insert_batch(
     table: str,
     request: Request,
     policy: Literal["reject_batch", "quarantine_rows"] | None = Query(None),
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Retries with the same key and body get the first answer, never a "
+            "second settlement, also after a 504.",
+        ),
+    ] = None,
 ):
     """Insert 1 to 1000 rows through the loader's path: raw, GX checkpoint, promotion, audit.
 
     Body: a JSON array of row objects, or header-less CSV with `Content-Type: text/csv`.
     A retried request (same `Idempotency-Key`, or the same body) gets the first answer back
-    with `replayed: true`; identical requests sent at once are settled once and the others
-    wait for that settlement and get it replayed. Status: 201 promoted (wholly or in part),
-    422 held back (rejected, or waiting for a department or job that does not exist yet:
-    sending it again after that arrives re-judges it).
+    with `replayed: true` and the first answer's status code; identical requests sent at once
+    are settled once and the others wait for that settlement and get it replayed. A request
+    that times out (504) goes on: send it again to get its outcome. Status: 201 promoted
+    (wholly or in part); 200 judged and held back (`rejected`, or `waiting` for a department or
+    job that does not exist yet: sending it again after that arrives re-judges it); 422 only
+    for a malformed request.
     """
     described = table_or_404(table)
     body = await request.body()
     state = request.app.state
-    key = request.headers.get("idempotency-key")
+    policy = policy or state.settings.policy
+    as_csv = request.headers.get("content-type", "").split(";")[0].strip() == "text/csv"
+    batch = await run_in_threadpool(parse_batch, described, body, as_csv, policy)
+    work = partial(settle_batch, state, described, batch, policy)
+    if idempotency_key is None:
+        return await state.settlements.run(work)
     digest = hashlib.sha256(body).hexdigest()
-    owner = False
-    if key is not None:
-        owner, replay = state.idempotency.claim(key, digest)
-        if replay is not None:
-            return replay
-    try:
-        response = await _settle(request, described, body, policy or state.settings.policy)
-    except BaseException:
-        if owner:
-            state.idempotency.release(key)
-        raise
-    if owner:
-        state.idempotency.store(key, response)
-    return response
+    return await once_per_key(state, idempotency_key, digest, work)
 
 
-async def _settle(request: Request, table: Table, body: bytes, policy: str) -> JSONResponse:
-    from starlette.concurrency import run_in_threadpool
-
-    state = request.app.state
+def parse_batch(table: Table, body: bytes, as_csv: bool, policy: str) -> RawBatch:
+    """The request's rows as one batch with its deterministic id; 413 or 422 if malformed."""
     source = f"api:POST /tables/{table.name}/batches"
-    if request.headers.get("content-type", "").split(";")[0].strip() == "text/csv":
-        batch = batch_from_csv(table, body, source)
-    else:
-        batch = batch_from_json(table, body, source)
+    parse = batch_from_csv if as_csv else batch_from_json
+    batch = parse(table, body, source)
     batch.batch_id = api_batch_id(table, policy, body)
-    settlement = await run_in_threadpool(state.settler.settle, table, batch, policy)
+    return batch
+
+
+def settle_batch(state, table: Table, batch: RawBatch, policy: str) -> JSONResponse:
+    """Settle the batch (blocking: call it on a settlement thread) and answer for it."""
+    settlement = state.settler.settle(table, batch, policy)
     if settlement.rows_promoted and not settlement.replayed:
         state.refresher.request()
     failing = [
@@ -176,12 +228,19 @@ async def _settle(request: Request, table: Table, body: bytes, policy: str) -> J
     )
 
 
-@router.get("/batches/{batch_id}", dependencies=[Read])
-def get_batch(batch_id: str, conn: Database) -> dict:
+@router.get("/batches/{batch_id}", dependencies=[Read], responses=errors(*AUTH, 404, 422, 503, 504))
+def get_batch(batch_id: str, conn: Database) -> BatchRecord:
     """A batch's verdict from audit.batches, with its failing rows."""
-    found = conn.execute(
-        "select row_to_json(b) from audit.batches b where batch_id = %s", (batch_id,)
-    ).fetchone()
+    found = (
+        conn.cursor(row_factory=dict_row)
+        .execute(
+            "select batch_id, run_id, table_name, source, first_line, last_line, rows_read, "
+            "rows_promoted, rows_rejected, status, reasons, attempts, settled_at "
+            "from audit.batches where batch_id = %s",
+            (batch_id,),
+        )
+        .fetchone()
+    )
     if found is None:
         raise HTTPException(404, f"no batch {batch_id}")
     rows = conn.execute(
@@ -189,21 +248,32 @@ def get_batch(batch_id: str, conn: Database) -> dict:
         "order by line_number",
         (batch_id,),
     ).fetchall()
-    return {
-        **found[0],
-        "failing_rows": [
-            {"line": line, "values": values, "failures": failures}
+    return BatchRecord(
+        **found,
+        failing_rows=[
+            FailingRow(line=line, values=values, failures=failures)
             for line, values, failures in rows
         ],
-    }
+    )
 
 
-@router.get("/runs/{run_id}", dependencies=[Read], tags=["runs"])
-def get_run(run_id: str, conn: Database) -> dict:
+@router.get(
+    "/runs/{run_id}",
+    dependencies=[Read],
+    tags=["runs"],
+    responses=errors(*AUTH, 404, 422, 503, 504),
+)
+def get_run(run_id: str, conn: Database) -> RunRecord:
     """A run's row in audit.runs, with its summary."""
-    found = conn.execute(
-        "select row_to_json(r) from audit.runs r where run_id = %s", (run_id,)
-    ).fetchone()
+    found = (
+        conn.cursor(row_factory=dict_row)
+        .execute(
+            "select run_id, started_at, finished_at, input, batch_size, policy, status, host, "
+            "pid, summary from audit.runs where run_id = %s",
+            (run_id,),
+        )
+        .fetchone()
+    )
     if found is None:
         raise HTTPException(404, f"no run {run_id}")
-    return found[0]
+    return RunRecord(**found)
