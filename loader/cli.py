@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import shlex
 import sys
 from contextlib import contextmanager
@@ -61,6 +62,9 @@ def non_negative(text: str) -> int:
     return int(text)
 
 
+BUNDLED_SEED = 7  # loader/sample_data/ is `sample --rows 5000 --seed 7`
+
+
 def parser() -> argparse.ArgumentParser:
     root = Parser(
         prog="python -m loader",
@@ -111,7 +115,12 @@ def parser() -> argparse.ArgumentParser:
     sample = verbs.add_parser("sample", help="write a deterministic sample set of the three files")
     sample.add_argument("--rows", type=non_negative, default=5000, help="hired_employees rows")
     sample.add_argument("--out", type=Path, required=True, help="folder to write into")
-    sample.add_argument("--seed", type=int, default=7)
+    sample.add_argument(
+        "--seed",
+        type=int,
+        help=f"the same seed writes the same files (the bundled sample is --rows 5000 --seed "
+        f"{BUNDLED_SEED}); default: a fresh seed, printed",
+    )
 
     db = verbs.add_parser("db", help="the database in use")
     db_verbs = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -250,11 +259,12 @@ def command_runs(args: argparse.Namespace) -> int:
 def command_sample(args: argparse.Namespace) -> int:
     from loader.sample import write_sample
 
-    written = write_sample(args.out, args.rows, args.seed)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    written = write_sample(args.out, args.rows, seed)
     err.print(
         f"wrote {args.out}: {written['departments']} departments, {written['jobs']} jobs, "
         f"{written['hired_employees']} hired employees "
-        f"({len(written['broken_lines'])} broken on purpose)"
+        f"({len(written['broken_lines'])} broken on purpose), seed {seed}"
     )
     return EXIT_OK
 

@@ -109,11 +109,26 @@ def test_unreachable_database_is_one_line_with_the_password_hidden(tmp_path):
     assert "s3cret" not in result.stderr
 
 
-def test_sample_is_deterministic(tmp_path):
+def test_sample_with_a_seed_is_reproducible_and_without_one_is_fresh_and_says_its_seed(tmp_path):
+    files = ("departments.csv", "jobs.csv", "hired_employees.csv")
     for name in ("a", "b"):
-        assert loader("sample", "--rows", "500", "--out", str(tmp_path / name)).returncode == 0
-    for file in ("departments.csv", "jobs.csv", "hired_employees.csv"):
+        made = loader("sample", "--rows", "500", "--seed", "11", "--out", str(tmp_path / name))
+        assert made.returncode == 0 and "seed 11" in made.stderr
+    for file in files:
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+    fresh = loader("sample", "--rows", "5000", "--out", str(tmp_path / "fresh"))
+    seed = re.search(r"seed (\d+)", fresh.stderr).group(1)
+    bundled = REPO / "loader" / "sample_data" / "hired_employees.csv"
+    assert (tmp_path / "fresh" / "hired_employees.csv").read_bytes() != bundled.read_bytes()
+    again = loader("sample", "--rows", "5000", "--seed", seed, "--out", str(tmp_path / "again"))
+    assert again.returncode == 0
+    for file in files:
+        assert (tmp_path / "fresh" / file).read_bytes() == (tmp_path / "again" / file).read_bytes()
+
+    documented = loader("sample", "--rows", "5000", "--seed", "7", "--out", str(tmp_path / "b7"))
+    assert documented.returncode == 0
+    assert (tmp_path / "b7" / "hired_employees.csv").read_bytes() == bundled.read_bytes()
 
 
 def test_embedded_default_runs_stays_up_for_other_tools_and_stops():
