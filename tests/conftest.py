@@ -26,6 +26,15 @@ from loader.settings import Settings
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--screenshots",
+        action="store_true",
+        help="write README's screenshots into docs/screenshots (otherwise a test run writes "
+        "nothing tracked)",
+    )
+
+
 @pytest.fixture(scope="session")
 def server_url() -> str:
     """URL of a server the tests may create databases on."""

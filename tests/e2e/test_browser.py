@@ -1,10 +1,12 @@
 """The dashboard and the data docs in a real headless Chromium (Debian's), driven by Playwright:
-the charts draw the numbers of the marts, filters work, and screenshots go to docs/screenshots."""
+the charts draw the numbers of the marts, filters work. Screenshots go to a temporary folder, or
+to README's docs/screenshots only with `pytest --screenshots` (so a test run leaves git clean)."""
 
 from __future__ import annotations
 
 import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -23,7 +25,14 @@ pytestmark = [
     ),
 ]
 TOKEN = "browser-read-token"
-SHOTS = REPO / "docs" / "screenshots"
+
+
+@pytest.fixture()
+def shots(request, tmp_path) -> Path:
+    """Where screenshots go: README's folder when asked for, else this test's own."""
+    return REPO / "docs" / "screenshots" if request.config.getoption("screenshots") else tmp_path
+
+
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -79,7 +88,7 @@ def table(page, selector: str) -> list[list]:
     return [[cells[0], *map(int, cells[1:])] for cells in rows]
 
 
-def test_the_dashboard_draws_the_marts_and_its_filters_work(site, browser):
+def test_the_dashboard_draws_the_marts_and_its_filters_work(site, browser, shots):
     base, url = site
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     prompt = page.goto(f"{base}/dashboard")
@@ -104,8 +113,8 @@ def test_the_dashboard_draws_the_marts_and_its_filters_work(site, browser):
     ]
     mean = bars[1]["y"][0]
     assert all(hired > mean for _, hired in expected_above)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
     job = page.eval_on_selector_all("#job option", "o => o.map(x => x.value)")[3]
     page.select_option("#job", job)
     assert table(page, "#heat-table") == marts(url, 2021, job)[0]
@@ -114,7 +123,7 @@ def test_the_dashboard_draws_the_marts_and_its_filters_work(site, browser):
     page.close()
 
 
-def test_every_validation_is_reachable_in_the_data_docs_with_its_failing_rows(site, browser):
+def test_every_validation_is_reachable_in_the_data_docs_with_its_failing_rows(site, browser, shots):
     base, _ = site
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     page.goto(f"{base}/dashboard?token={TOKEN}")
@@ -131,5 +140,5 @@ def test_every_validation_is_reachable_in_the_data_docs_with_its_failing_rows(si
     text = page.content()
     assert "_line_number" in text, "failing rows are listed by line number"
     assert "must never be null" in text
-    page.screenshot(path=str(SHOTS / "data-docs-validation.png"), full_page=False)
+    page.screenshot(path=str(shots / "data-docs-validation.png"), full_page=False)
     page.close()
