@@ -6,6 +6,10 @@ built-in expectation computes them: the integer value of a digit string (for the
 foreign-key rules) and the UTC instant of a time string (for "a real instant"). Helpers are
 named `<field>__<what>` and every expectation carries `meta.field` and `meta.rule`, so a
 failure is reported against the field the user wrote, in words.
+
+A value these rules accept is one PostgreSQL accepts at promotion, with the same value
+(tests/integration/test_rules_agree_with_postgres.py checks it against the server). Where the
+rules are stricter than PostgreSQL, they are so on purpose, as README says.
 """
 
 from __future__ import annotations
@@ -20,10 +24,20 @@ from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, POSTGRES_INTEGER_
 
 MAX_BATCH_ROWS = 1000
 ASCII_DIGITS = r"^[0-9]+$"
-# An ISO-8601 instant: calendar date, 'T', time, optional fraction, and a zone (Z or ±hh[:]mm).
-# A time without a zone is refused: the source promises UTC, and guessing would move hires
-# between quarters when the guess is wrong.
-ISO_INSTANT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:?[0-9]{2})$"
+# An ISO-8601 instant: calendar date, 'T', time with seconds, an optional fraction of up to nine
+# digits, and a zone: Z or an offset ±hh:mm, ±hhmm or ±hh within ±15:59, the largest
+# displacement PostgreSQL accepts (+16:00 fails its cast). A time without a zone is refused:
+# the source promises UTC, and guessing would move hires between quarters when the guess is
+# wrong. Whether the day and time exist is the helper's question (`_as_utc`), not the regex's.
+ISO_INSTANT = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:Z|[+-](?:0[0-9]|1[0-5])(?::?[0-5][0-9])?)$"
+)
+# Fraction digits after the sixth. PostgreSQL keeps microseconds and would round them away,
+# which moves 23:59:59.9999999 into the next day (and year). Both the rule's helper and the
+# promotion's cast (settle.cast_field) cut them off instead, so the stored instant stays in
+# the second the source wrote. Python's re, RE2 (pandas on Arrow) and PostgreSQL read it alike.
+BEYOND_MICROSECONDS = r"(:[0-9]{2}\.[0-9]{6})[0-9]+"
 
 BATCH_ROWS = "_batch_rows"
 # The one rule a row can fail today and pass later, once its department or job arrives: such a
@@ -96,7 +110,10 @@ def expectations_for(table: Table) -> list[gxe.Expectation]:
                 gxe.ExpectColumnValuesToMatchRegex(
                     column=column.name,
                     regex=ISO_INSTANT,
-                    meta=_meta(column.name, "ISO-8601 date and time with a zone (Z or +hh:mm)"),
+                    meta=_meta(
+                        column.name,
+                        "ISO-8601 date and time with a zone (Z, or an offset ±hh:mm up to ±15:59)",
+                    ),
                 ),
                 gxe.ExpectColumnValuesToNotBeNull(
                     column=instant_helper(column.name),
@@ -143,7 +160,20 @@ def _as_integer(values: pd.Series) -> pd.Series:
 
 
 def _as_utc(values: pd.Series) -> pd.Series:
-    return pd.to_datetime(values, format="ISO8601", utc=True, errors="coerce")
+    """ISO_INSTANT strings as the UTC instant promotion stores (fraction truncated to
+    microseconds); NaT where the day or time does not exist.
+
+    A leap second (:60) and 24:00:00 are NaT too, although PostgreSQL takes them: it moves them
+    into the next minute or day, which is not the instant written.
+    """
+    # Truncating first also keeps pandas in microseconds: one nanosecond value would turn the
+    # whole column to nanoseconds, every year outside 1677-2262 NaT, and a row's verdict would
+    # depend on its neighbours in the chunk.
+    truncated = values.str.replace(BEYOND_MICROSECONDS, r"\1", regex=True)
+    instants = pd.to_datetime(truncated, format="ISO8601", utc=True, errors="coerce")
+    instants = instants.dt.as_unit("us")
+    # pandas reads year 0000 as 1 BC; PostgreSQL's ISO input has no year zero.
+    return instants.mask(values.str.startswith("0000").fillna(False).astype(bool))
 
 
 def validation_frame(table: Table, chunk: pa.Table) -> pd.DataFrame:

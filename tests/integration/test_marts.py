@@ -28,6 +28,7 @@ EDGES = [  # hires at the edges of quarters and years, some with offsets
     "2021-06-30T23:59:59.999999Z",
     "2021-09-30T20:00:00-05:00",
     "2021-12-31T23:59:59Z",
+    "2021-12-31T23:59:59.9999999Z",
     "2022-01-01T00:30:00+01:00",
 ]
 
@@ -110,8 +111,9 @@ def test_hires_at_quarter_edges_land_in_their_utc_quarter(loaded, database_url):
             "where department = 'Edge Cases' order by year"
         ).fetchall()
     # 2022-01-01T00:30+01:00 is 2021 in UTC; 2021-04-01T01:00+02:00 is still Q1;
-    # 2021-03-31T23:30-02:00 and 2021-09-30T20:00-05:00 are already the next quarter.
-    assert rows == [(2020, 0, 0, 0, 1), (2021, 3, 2, 0, 3)]
+    # 2021-03-31T23:30-02:00 and 2021-09-30T20:00-05:00 are already the next quarter;
+    # 23:59:59.9999999 on New Year's Eve stays in 2021 (truncated, not rounded into 2022).
+    assert rows == [(2020, 0, 0, 0, 1), (2021, 3, 2, 0, 4)]
 
 
 def test_bi_role_reads_marts_after_rebuilds_and_is_refused_elsewhere(loaded, database_url):

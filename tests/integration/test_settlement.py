@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from loader.db.schema import MIGRATIONS_DIR, core_table_ddl
+from loader.flow.gate import Gate
 from loader.flow.read import read_batches
 from loader.flow.run import run_files
 from loader.tables import TABLES, table_named
@@ -87,15 +88,30 @@ def test_with_quarantine_only_the_rows_of_a_missing_department_wait(clean, tmp_p
     ]
 
 
+def rules_that_miss(monkeypatch, line):
+    """The gate with one line's failures forgotten: a stand-in for a value the rules let through
+    and PostgreSQL refuses. test_rules_agree_with_postgres.py finds none today; the net stays."""
+    check = Gate.check
+
+    def forgetful(self, *args, **kwargs):
+        verdicts = check(self, *args, **kwargs)
+        for verdict in verdicts.values():
+            verdict.failing_rows.pop(line, None)
+        return verdicts
+
+    monkeypatch.setattr(Gate, "check", forgetful)
+
+
 @pytest.mark.parametrize(
     ("policy", "status", "promoted"),
     [("reject_batch", "rejected", 0), ("quarantine_rows", "partially_promoted", 3)],
 )
 def test_a_value_postgresql_refuses_is_logged_as_a_row_failure_with_its_message(
-    clean, tmp_path, policy, status, promoted
+    clean, tmp_path, monkeypatch, policy, status, promoted
 ):
     lines = hires(4)
     lines[2] = "3,Far East,2021-05-05T10:00:00+18:00,1,1"
+    rules_that_miss(monkeypatch, line=3)
     folder = write_input(tmp_path / "in", ["1,Sales"], ["1,Clerk"], lines)
     run(clean, tmp_path, folder, policy=policy)
     assert rows(

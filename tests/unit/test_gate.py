@@ -8,7 +8,7 @@ import pytest
 
 from loader.flow.gate import Gate
 from loader.flow.read import RawBatch, to_arrow
-from loader.flow.rules import suite_for
+from loader.flow.rules import instant_helper, suite_for, validation_frame
 from loader.settings import EXPECTATIONS_DIR
 from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES, JOBS, TABLES
 
@@ -74,6 +74,16 @@ def test_largest_postgres_integer_and_leading_zeros_are_accepted(gate):
         "2021-03-01",
         "01/03/2021 10:00",
         "yesterday",
+        "2021-03-01T10:00:00+18:00",
+        "2021-03-01T10:00:00+16:00",
+        "2021-03-01T10:00:00+15:60",
+        "2021-03-01T10:00:00+05:30:15",
+        "2021-03-01 10:00:00Z",
+        "2021-03-01t10:00:00z",
+        "0000-01-01T00:00:00Z",
+        "2021-12-31T23:59:60Z",
+        "2021-12-31T24:00:00Z",
+        "2021-03-01T10:00:00.1234567890Z",
     ],
 )
 def test_datetime_must_be_a_real_iso_8601_instant_with_a_zone(gate, when):
@@ -83,10 +93,33 @@ def test_datetime_must_be_a_real_iso_8601_instant_with_a_zone(gate, when):
 
 
 @pytest.mark.parametrize(
-    "when", ["2021-03-01T10:00:00+05:30", "2021-03-01T10:00:00.123456Z", "2024-02-29T23:59:59-0300"]
+    "when",
+    [
+        "2021-03-01T10:00:00+05:30",
+        "2021-03-01T10:00:00.123456Z",
+        "2024-02-29T23:59:59-0300",
+        "2021-03-01T10:00:00+05",
+        "2021-03-01T10:00:00-15:59",
+        "2021-12-31T23:59:59.999999999Z",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-15:59",
+    ],
 )
 def test_datetime_with_offset_or_fraction_passes(gate, when):
     assert failures_of(gate, [*GOOD[:2], when, *GOOD[3:]]) == set()
+
+
+def test_a_fraction_beyond_microseconds_is_truncated_and_spoils_no_neighbour():
+    rows = [
+        [*GOOD[:2], "2021-12-31T23:59:59.9999999Z", *GOOD[3:]],
+        ["8", *GOOD[1:2], "1500-06-01T12:00:00Z", *GOOD[3:]],
+    ]
+    chunk = to_arrow(HIRED_EMPLOYEES, [batch_of(rows)], "run")
+    instants = validation_frame(HIRED_EMPLOYEES, chunk)[instant_helper("datetime")]
+    assert [str(instant) for instant in instants] == [
+        "2021-12-31 23:59:59.999999+00:00",
+        "1500-06-01 12:00:00+00:00",
+    ]
 
 
 @pytest.mark.parametrize("position", range(5))
