@@ -91,6 +91,18 @@ def decode_line(raw: bytes) -> tuple[str, str | None]:
         text, problem = raw.decode("utf-8"), None
     except UnicodeDecodeError:
         text, problem = raw.decode("utf-8", "backslashreplace"), NOT_UTF8
+    text, escaped = escape_text(text)
+    return text, problem or escaped
+
+
+def escape_text(text: str) -> tuple[str, str | None]:
+    """Text PostgreSQL can store, and what was wrong with it: a lone surrogate (from JSON's
+    `\\ud800`, not UTF-8) or a NUL is escaped and named, so the row is kept and rejected."""
+    problem = None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text, problem = text.encode("utf-8", "backslashreplace").decode("utf-8"), NOT_UTF8
     if "\x00" in text:
         text, problem = text.replace("\x00", "\\x00"), problem or NUL_BYTE
     return text, problem

@@ -149,6 +149,25 @@ def test_held_back_batches_answer_200_and_only_malformed_requests_422(api, loade
     assert one(loaded, "select count(*) from core.hired_employees where id >= 330000") == 0
 
 
+def test_a_nul_in_json_is_a_kept_and_rejected_row_and_a_lone_surrogate_is_malformed(api, loaded):
+    row = (
+        b'{"id": %d, "name": "%s", "datetime": "2021-01-01T00:00:00Z", '
+        b'"department_id": 1, "job_id": 1}'
+    )
+    body = b"[" + b", ".join([row % (340000, b"A\\u0000B"), row % (340001, b"Fine")]) + b"]"
+    headers = {**auth(WRITE), "Content-Type": "application/json"}
+    answer = api.post(f"{BATCHES}?policy=quarantine_rows", content=body, headers=headers)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["rows_promoted"] == 1
+    assert [(f["index"], f["rule"]) for f in answer.json()["failures"]] == [
+        (0, "the line is UTF-8 text without NUL bytes")
+    ]
+    assert one(loaded, "select count(*) from raw.hired_employees where id like '34000%%'") == 2
+
+    surrogate = api.post(BATCHES, content=b"[" + row % (340002, b"\\ud800") + b"]", headers=headers)
+    assert surrogate.status_code == 422 and "JSON" in surrogate.text
+
+
 def test_a_waiting_answer_is_not_final_for_its_idempotency_key(api, loaded):
     body = hires(340_000, 2, department=998)
     headers = {**auth(WRITE), "Idempotency-Key": "waiting-1"}

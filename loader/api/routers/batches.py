@@ -27,7 +27,7 @@ from loader.api.schemas import (
     RunRecord,
     errors,
 )
-from loader.flow.read import InputError, RawBatch, batch_id, read_stream
+from loader.flow.read import InputError, RawBatch, batch_id, escape_text, read_stream
 from loader.flow.settle import FAILED, PARTIAL, PROMOTED
 from loader.tables import TABLES_BY_NAME, Table
 
@@ -58,10 +58,16 @@ def batch_from_json(table: Table, body: bytes, source: str) -> RawBatch:
             ],
         ) from None
     check_row_count(len(rows))
-    values = [[_text(getattr(row, column.name)) for row in rows] for column in table.columns]
-    return RawBatch(
-        table.name, source, 1, "", list(range(1, len(rows) + 1)), values, [None] * len(rows)
-    )
+    values: list[list[str | None]] = [[] for _ in table.columns]
+    problems: list[str | None] = []
+    for row in rows:
+        found = None
+        for column, column_values in zip(table.columns, values, strict=True):
+            text, problem = _text(getattr(row, column.name))
+            column_values.append(text)
+            found = found or problem
+        problems.append(found)
+    return RawBatch(table.name, source, 1, "", list(range(1, len(rows) + 1)), values, problems)
 
 
 def batch_from_csv(table: Table, body: bytes, source: str) -> RawBatch:
@@ -74,9 +80,13 @@ def batch_from_csv(table: Table, body: bytes, source: str) -> RawBatch:
     return batch
 
 
-def _text(value) -> str | None:
-    text = None if value is None else str(value).strip()
-    return text or None
+def _text(value) -> tuple[str | None, str | None]:
+    """A field as the CSV reader would give it: trimmed, empty as None, NUL and lone
+    surrogates escaped and named (the gate then rejects the row, which raw keeps)."""
+    if value is None:
+        return None, None
+    text, problem = escape_text(str(value).strip())
+    return text or None, problem
 
 
 def check_row_count(rows: int) -> None:
