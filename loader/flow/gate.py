@@ -11,7 +11,9 @@ whose failures cannot be pinned to rows rejects every batch it saw. No SQL here.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from loader.flow.rules import (
 )
 from loader.tables import BATCH_ID, LINE_NUMBER, TABLES, Table
 
+ID_NAMESPACE = uuid.UUID("5f0c7a52-8d4e-4c43-9d3b-6f3f9b1c2a10")  # csv-migrate's GX objects
 DATASOURCE = "batches"
 BATCH_DEFINITION = "rows"
 STATE_VARIABLE = "LOADER_GX_STATE_DIR"
@@ -104,6 +107,30 @@ def write_context(context_dir: Path) -> None:
                 result_format=RESULT_FORMAT,
             )
         )
+    stabilise_ids(context_dir)
+
+
+GENERATED = ("checkpoints/*.json", "expectations/*.json", "validation_definitions/*.json")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def stabilise_ids(context_dir: Path) -> None:
+    """Replace the random ids GX gave the generated objects by ids derived from where they
+    first appear, so that regenerating an unchanged dictionary changes no committed byte.
+
+    The files' structure is the same on every run (only the ids differ), so the n-th distinct
+    id, reading the files in a fixed order, is the same object every time; references to it
+    elsewhere get the same new id.
+    """
+    files = [context_dir / "great_expectations.yml"]
+    files += sorted(path for pattern in GENERATED for path in context_dir.glob(pattern))
+    texts = {path: path.read_text() for path in files}
+    stable: dict[str, str] = {}
+    for text in texts.values():
+        for found in UUID.findall(text):
+            stable.setdefault(found, str(uuid.uuid5(ID_NAMESPACE, f"gx-{len(stable)}")))
+    for path, text in texts.items():
+        path.write_text(UUID.sub(lambda match: stable[match.group(0)], text))
 
 
 class Gate:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from loader.flow.gate import Gate
+from loader.flow.gate import Gate, write_context
 from loader.flow.read import RawBatch, to_arrow
 from loader.flow.rules import instant_helper, suite_for, validation_frame
 from loader.settings import EXPECTATIONS_DIR
@@ -190,3 +191,14 @@ def test_committed_suites_match_the_data_dictionary(table):
         return [(e["type"], e["kwargs"], e.get("meta")) for e in suite["expectations"]]
 
     assert rules(committed) == rules(derived), "run `python -m loader expectations` and commit"
+
+
+def test_regenerating_the_gx_context_changes_no_committed_byte(tmp_path):
+    """`python -m loader expectations` on an unchanged dictionary leaves `git status` clean."""
+    copy = tmp_path / "expectations"
+    shutil.copytree(EXPECTATIONS_DIR, copy, ignore=shutil.ignore_patterns("uncommitted"))
+    write_context(copy)
+    for committed in sorted(EXPECTATIONS_DIR.rglob("*")):
+        relative = committed.relative_to(EXPECTATIONS_DIR)
+        if committed.is_file() and "uncommitted" not in relative.parts:
+            assert (copy / relative).read_bytes() == committed.read_bytes(), relative
