@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from loader.api.docs import serve_api_docs
 from loader.api.idempotency import IdempotencyKeys
 from loader.api.limits import BodyLimit, Deadline
 from loader.api.pool import DatabasePool, PoolExhausted
@@ -48,6 +49,8 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
         title="csv-migrate API",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served by serve_api_docs from local assets, not a CDN
+        redoc_url=None,  # ReDoc loads its logo from a CDN whatever it is given
         description="Batch inserts through the loader's validation path, the two "
         "reports from the dbt marts, audit, backups. Tokens: `Authorization: Bearer`; a read "
         "token may also be given as `?token=` on the reports, the dashboard and the data docs.",
@@ -69,6 +72,7 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
     )
     for router in (batches.router, reports.router, backups.router, dashboard.router):
         app.include_router(router)
+    serve_api_docs(app)
 
     @app.get(
         "/healthz",
