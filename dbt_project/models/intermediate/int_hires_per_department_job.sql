@@ -63,7 +63,6 @@ final as (
         statement_timestamp() as snapshot_at
     from counted
     cross join departments_counted
-    order by counted.year, counted.department_id, counted.job_id
 )
 
 select * from final

@@ -32,7 +32,6 @@ final as (
     from hires_per_department
     inner join yearly_mean on hires_per_department.year = yearly_mean.year
     where hires_per_department.hired > yearly_mean.mean_hired
-    order by hires_per_department.year, hires_per_department.hired desc, hires_per_department.id
 )
 
 select * from final

@@ -19,7 +19,6 @@ counted as (
 
 final as (
     select * from counted
-    order by year, department collate "C", job collate "C"
 )
 
 select * from final
