@@ -146,7 +146,8 @@ def delete_missing(conn: psycopg.Connection, table: Table) -> int:
     """Delete the core rows the staged backup does not hold; return how many."""
     return conn.execute(
         sql.SQL(
-            "delete from {target} t where not exists (select 1 from {staged} s where s.{key} = t.{key})"
+            "delete from {target} t "
+            "where not exists (select 1 from {staged} s where s.{key} = t.{key})"
         ).format(
             target=sql.Identifier("core", table.name),
             staged=_staged(table),

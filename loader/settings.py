@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     embedded_port: int | None = Field(
         default=None,
         alias="LOADER_EMBEDDED_PORT",
-        description="TCP port of the embedded server on 127.0.0.1; absent: the first free from 54329.",
+        description="TCP port of the embedded server on 127.0.0.1; "
+        "absent: the first free from 54329.",
     )
     api_tokens: str = Field(default="", alias="LOADER_API_TOKENS")
     api_request_seconds: float = Field(

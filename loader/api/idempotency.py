@@ -28,16 +28,17 @@ from loader.api.pool import DatabasePool
 from loader.flow.settle import FAILED, WAITING
 
 log = logging.getLogger("loader.api")
-ABANDONED_AFTER = "10 minutes"
+ABANDONED_AFTER = "10 minutes"  # a claim older than this, never answered, was left by a crash
 POLL_SECONDS = 0.2  # how often a request waiting for another with its key looks again
 UNSETTLED = [WAITING, FAILED]
 
-CLAIM = f"""insert into audit.api_requests (idempotency_key, body_sha256) values (%(key)s, %(digest)s)
+CLAIM = """insert into audit.api_requests (idempotency_key, body_sha256)
+values (%(key)s, %(digest)s)
 on conflict (idempotency_key) do update set body_sha256 = excluded.body_sha256,
     received_at = now(), status_code = null, response = null
 where audit.api_requests.body_sha256 = excluded.body_sha256 and (
     (audit.api_requests.status_code is null
-        and audit.api_requests.received_at < now() - interval '{ABANDONED_AFTER}')
+        and audit.api_requests.received_at < now() - %(abandoned_after)s::interval)
     or (%(take_unsettled)s and audit.api_requests.response ->> 'status' = any(%(unsettled)s)))
 returning idempotency_key"""
 
@@ -66,6 +67,7 @@ class IdempotencyKeys:
             "digest": body_sha256,
             "take_unsettled": take_unsettled,
             "unsettled": UNSETTLED,
+            "abandoned_after": ABANDONED_AFTER,
         }
         with self.pool.connection() as conn:
             if conn.execute(CLAIM, parameters).fetchone():

@@ -21,9 +21,10 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # pgserver's lock-file lookup
 
-import pgserver
-from pgserver import utils as pgserver_utils
-from pgserver._commands import POSTGRES_BIN_PATH
+# pgserver looks its lock file up when imported: the filter above must come first.
+import pgserver  # noqa: E402
+from pgserver import utils as pgserver_utils  # noqa: E402
+from pgserver._commands import POSTGRES_BIN_PATH  # noqa: E402
 
 logging.getLogger("pgserver").setLevel(logging.CRITICAL)  # it logs every command it runs
 

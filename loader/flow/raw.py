@@ -53,7 +53,8 @@ def dlt_credentials(url: str) -> str:
     identity = ("user", "password", "dbname", "host", "port", "hostaddr")
     parameters = {key: value for key, value in given.items() if key not in identity}
     query = urlencode({**parameters, "host": host})
-    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@localhost:{port}/{quote(dbname, safe='')}?{query}"
+    user, password, dbname = (quote(part, safe="") for part in (user, password, dbname))
+    return f"postgresql://{user}:{password}@localhost:{port}/{dbname}?{query}"
 
 
 def raw_resource(table: Table, chunks: Iterable[pa.Table]):

@@ -21,7 +21,7 @@ from loader.db.schema import ensure_schemas
 from loader.settings import PROJECT_DIR
 
 MARTS = ("hires_by_quarter", "departments_above_mean")
-SNAPSHOT_TABLE = "staging.int_hires_per_department_job"
+SNAPSHOT_TABLE = sql.Identifier("staging", "int_hires_per_department_job")
 
 
 @dataclass
@@ -53,7 +53,9 @@ def build_marts(url: str, state_dir: Path) -> MartsBuild:
             build.rows[mart] = conn.execute(
                 sql.SQL("select count(*) from {}").format(sql.Identifier("marts", mart))
             ).fetchone()[0]
-        snapshot = conn.execute(f"select max(snapshot_at) from {SNAPSHOT_TABLE}").fetchone()[0]
+        snapshot = conn.execute(
+            sql.SQL("select max(snapshot_at) from {}").format(SNAPSHOT_TABLE)
+        ).fetchone()[0]
         conn.execute(
             "insert into audit.mart_builds (built_at, rows) values (%s, %s::jsonb) "
             "on conflict (built_at) do nothing",

@@ -156,7 +156,8 @@ def test_damaged_backups_are_refused_and_the_table_is_untouched(loaded, folder, 
 def ledger_count(url):
     with psycopg.connect(url) as conn:
         return conn.execute(
-            "select (select count(*) from audit.batches), (select count(*) from audit.rejected_rows)"
+            "select (select count(*) from audit.batches), "
+            "(select count(*) from audit.rejected_rows)"
         ).fetchone()
 
 

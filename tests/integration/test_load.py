@@ -30,7 +30,8 @@ def fingerprint(url):
         for schema in ("core", "raw"):
             for table in TABLES:
                 found[f"{schema}.{table.name}"] = conn.execute(
-                    f"select count(*), md5(coalesce(string_agg(t::text, '|' order by t::text), '')) "
+                    "select count(*), "
+                    "md5(coalesce(string_agg(t::text, '|' order by t::text), '')) "
                     f'from {schema}."{table.name}" t'
                 ).fetchone()
         for table in ("batches", "rejected_rows"):

@@ -35,7 +35,10 @@ EDGES = [  # hires at the edges of quarters and years, some with offsets
 
 def expected_from_csv(folder):
     """Reports 1 and 2 for every year, computed in Python from the files alone."""
-    read = lambda name: list(csv.reader((folder / name).read_text(encoding="utf-8").splitlines()))
+
+    def read(name):
+        return list(csv.reader((folder / name).read_text(encoding="utf-8").splitlines()))
+
     departments = {int(r[0]): r[1].strip() for r in read("departments.csv") if r}
     jobs = {int(r[0]): r[1].strip() for r in read("jobs.csv") if r}
     quarters = defaultdict(lambda: [0, 0, 0, 0])
