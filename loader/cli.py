@@ -1,8 +1,9 @@
 """`python -m loader`: subcommands, options and exit codes; the work itself lives elsewhere.
 
-Exit codes: 0 done, 1 unexpected error, 2 usage, 3 bad input (missing or malformed file),
-4 database unreachable, 5 more rejected rows than --max-rejected-rows, 6 dbt build failed,
-7 another run holds the database (with --no-wait), 8 the state folder cannot be written.
+Exit codes: 0 done, 1 unexpected error, 2 usage (and `bench` refused: its database holds
+loader rows), 3 bad input (missing or malformed file), 4 database unreachable, 5 more rejected
+rows than --max-rejected-rows, 6 dbt build failed, 7 another run holds the database (with
+--no-wait), 8 the state folder cannot be written.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
     root = Parser(
         prog="python -m loader",
         description="Load CSV exports into PostgreSQL, validating every batch.",
-        epilog="Exit codes: 0 done, 1 unexpected error, 2 usage, 3 bad input, "
+        epilog="Exit codes: 0 done, 1 unexpected error, 2 usage (or bench refused: its database "
+        "holds loader rows), 3 bad input, "
         "4 database unreachable, 5 rejected rows over --max-rejected-rows, 6 dbt build failed, "
         "7 another run holds the database (--no-wait), 8 the state folder cannot be written.",
     )
@@ -146,11 +148,27 @@ def parser() -> argparse.ArgumentParser:
     )
     report = verbs.add_parser("report", help="write the dashboard as one self-contained HTML file")
     report.add_argument("--html", type=Path, required=True, help="file to write")
+    report.add_argument(
+        "--with-docs",
+        action="store_true",
+        help="copy the data docs into data_docs/ beside the file and link the validations "
+        "there (without it they are listed unlinked)",
+    )
     verbs.add_parser("docs", help="print where the Great Expectations data docs are")
     verbs.add_parser(
         "expectations",
         help="regenerate the GX suites and checkpoints in expectations/ from the data dictionary",
     )
+    bench = verbs.add_parser(
+        "bench",
+        help="time the loader, dbt, backup, restore and API next to PostgreSQL's own tools, in "
+        "scratch databases (bench_*) on the server in use; refuses to run if its database "
+        f"holds loader rows (exit {EXIT_USAGE})",
+    )
+    bench.add_argument("--rows", type=positive, default=1_000_000, help="rows (default 1000000)")
+    bench.add_argument("--batch-size", type=batch_size, help="rows per batch (default 1000)")
+    bench.add_argument("--repeat", type=positive, default=3, help="rounds, median shown (3)")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     return root
 
 
@@ -325,21 +343,19 @@ def command_serve(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from loader.db.connect import connect, database_url
     from loader.db.schema import ensure_schemas
-    from loader.web.dashboard import dashboard_data, latest_validations, render
+    from loader.web.dashboard import dashboard_data, write_report
 
     settings = settings_from(args)
     with connect(database_url(settings), autocommit=True) as conn:
         ensure_schemas(conn)
         data = dashboard_data(conn)
-    docs = settings.data_docs_dir / "index.html"
-    page = render(
-        data,
-        inline_js=True,
-        data_docs_url=docs.as_uri() if docs.exists() else None,
-        validations=latest_validations(settings.gx_state_dir),
+    docs = write_report(args.html, data, settings.gx_state_dir, with_docs=args.with_docs)
+    size = args.html.stat().st_size // 1024
+    err.print(
+        f"wrote {args.html} ({size} KiB, works offline)"
+        + (f", data docs in {docs}" if docs else ""),
+        markup=False,
     )
-    args.html.write_text(page, encoding="utf-8")
-    err.print(f"wrote {args.html} ({len(page) // 1024} KiB, works offline)")
     return EXIT_OK
 
 
@@ -361,6 +377,35 @@ def command_expectations(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    from loader.bench.measure import StepFailed
+    from loader.bench.report import render, write_json
+    from loader.bench.scratch import BenchRefused
+    from loader.bench.suite import Plan, run_bench
+
+    settings = settings_from(args)
+    plan = Plan(args.rows, settings.batch_size, args.repeat)
+    try:
+        results = run_bench(settings, plan, lambda text: err.print(text, markup=False))
+    except BenchRefused as error:
+        err.print(f"error: {error}", markup=False)
+        return EXIT_USAGE
+    except StepFailed as error:
+        err.print(f"error: {error}", markup=False)
+        return EXIT_ERROR
+    render(out, plan.title(), results)
+    if args.json:
+        write_json(args.json, plan.rows, results)
+        err.print(f"wrote {args.json}", markup=False)
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": command_run,
     "runs": command_runs,
@@ -371,6 +416,7 @@ COMMANDS = {
     "report": command_report,
     "docs": command_docs,
     "expectations": command_expectations,
+    "bench": command_bench,
 }
 
 

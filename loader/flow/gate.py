@@ -19,6 +19,11 @@ from pathlib import Path
 
 import great_expectations as gx
 import pyarrow as pa
+import pyarrow.compute as pc
+from great_expectations.core.run_identifier import RunIdentifier
+from great_expectations.data_context.types.resource_identifiers import (
+    ExpectationSuiteIdentifier,
+)
 
 from loader.flow.rules import (
     REFERENCE_EXPECTATION,
@@ -26,7 +31,7 @@ from loader.flow.rules import (
     suite_for,
     validation_frame,
 )
-from loader.tables import BATCH_ID, LINE_NUMBER, TABLES, Table
+from loader.tables import BATCH_ID, LINE_NUMBER, RUN_ID, TABLES, Table
 
 ID_NAMESPACE = uuid.UUID("5f0c7a52-8d4e-4c43-9d3b-6f3f9b1c2a10")  # csv-migrate's GX objects
 DATASOURCE = "batches"
@@ -133,6 +138,14 @@ def stabilise_ids(context_dir: Path) -> None:
         path.write_text(UUID.sub(lambda match: stable[match.group(0)], text))
 
 
+def run_name(chunk: pa.Table) -> str | None:
+    """The GX run name of a chunk's validation, shown in the data docs: its lines and run."""
+    if chunk.num_rows == 0:
+        return None
+    lines = pc.min_max(chunk[LINE_NUMBER]).as_py()
+    return f"lines {lines['min']}-{lines['max']} of run {chunk[RUN_ID][0].as_py()}"
+
+
 class Gate:
     """Validates chunks of batches with the committed checkpoints."""
 
@@ -143,9 +156,12 @@ class Gate:
     def build_docs(self) -> Path:
         """Add this gate's validations to the data docs site and rebuild its index page.
 
-        Pages of earlier runs are kept as they are, so the cost does not grow with history.
+        Pages of earlier runs are kept as they are, so the cost does not grow with history;
+        the pages of the suites validated are rebuilt, so the index's links to them resolve.
         """
-        self.context.build_data_docs(resource_identifiers=self.validated or None)
+        suites = {key.expectation_suite_identifier.name for key in self.validated}
+        identifiers = [*self.validated, *map(ExpectationSuiteIdentifier, sorted(suites))]
+        self.context.build_data_docs(resource_identifiers=identifiers or None)
         return Path(self.context.get_docs_sites_urls()[0]["site_url"].removeprefix("file://"))
 
     def check(
@@ -162,7 +178,9 @@ class Gate:
         frame = validation_frame(table, chunk)
         parameters = {known_ids_parameter(name): ids for name, ids in known_ids.items()}
         result = self.context.checkpoints.get(table.name).run(
-            batch_parameters={"dataframe": frame}, expectation_parameters=parameters
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=parameters,
+            run_id=RunIdentifier(run_name=run_name(chunk)),
         )
         verdicts = {batch_id: Verdict(batch_id) for batch_id in batch_ids}
         batch_of_line = dict(zip(frame[LINE_NUMBER].tolist(), frame[BATCH_ID].tolist()))

@@ -9,9 +9,11 @@ in the file, never fetched from a CDN, so the page works offline.
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -20,6 +22,12 @@ from loader.marts.queries import marts_as_of
 
 TEMPLATES = Path(__file__).parent / "templates"
 QUARTERS = ("q1", "q2", "q3", "q4")
+REPORT_DOCS = "data_docs"  # the data docs' folder beside a report written `--with-docs`
+NO_DOCS_NOTE = (
+    "The validation pages are not part of this file. To have them linked from here, write it "
+    "with: python -m loader report --html FILE --with-docs (the data docs are copied into "
+    "data_docs/ beside it). On the loader's machine, python -m loader docs prints where they are."
+)
 
 
 @cache
@@ -100,6 +108,8 @@ def _with_audit(
     )
     for run in runs:
         run["started_at"] = run["started_at"].isoformat(timespec="seconds")
+        # The folder's or file's name only: a report file must not carry local paths.
+        run["input"] = run["input"].rstrip("/").rsplit("/", 1)[-1]
     years = sorted({row["year"] for row in by_quarter})
     return {
         "by_quarter": by_quarter,
@@ -115,20 +125,23 @@ def _with_audit(
 
 
 def latest_validations(gx_state_dir: Path, limit: int = 15) -> list[dict]:
-    """The newest GX validation results, with the data docs page of each (relative path)."""
+    """The newest GX validation results, with the data docs page of each (a relative URL)."""
     found = []
     for result in (gx_state_dir / "validations").glob("*/*/*/*.json"):
-        suite, _, run_time, name = result.relative_to(gx_state_dir / "validations").parts
+        suite, run_name, run_time, name = result.relative_to(gx_state_dir / "validations").parts
         try:
             success = json.loads(result.read_text()).get("success")
         except (OSError, ValueError):
             continue
-        page = Path(
-            "validations", suite, "__none__", run_time, name.removesuffix(".json") + ".html"
-        )
+        page = Path("validations", suite, run_name, run_time, name.removesuffix(".json") + ".html")
         if (gx_state_dir / "data_docs" / page).exists():
             found.append(
-                {"table": suite, "run_time": run_time, "success": success, "page": page.as_posix()}
+                {
+                    "table": suite,
+                    "run_time": run_time,
+                    "success": success,
+                    "page": quote(page.as_posix()),
+                }
             )
     return sorted(found, key=lambda v: v["run_time"], reverse=True)[:limit]
 
@@ -148,10 +161,16 @@ def heat_table(data: dict, year: int | None) -> list[dict]:
 
 
 def render(
-    data: dict, *, inline_js: bool, data_docs_url: str | None, validations: list[dict] | None = None
+    data: dict,
+    *,
+    inline_js: bool,
+    data_docs_url: str | None,
+    validations: list[dict] | None = None,
+    docs_note: str | None = None,
 ) -> str:
     """The page as HTML; `inline_js` embeds plotly.js (self-contained file). `data_docs_url` is
-    the data docs index; validation pages are linked relative to its folder."""
+    the data docs index; validation pages are linked relative to its folder. Without it the
+    validations are listed unlinked, with `docs_note` saying where their pages are."""
     environment = Environment(
         loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"])
     )
@@ -167,4 +186,27 @@ def render(
         data_docs_url=data_docs_url,
         docs_base=data_docs_url.rsplit("/", 1)[0] if data_docs_url else None,
         validations=validations or [],
+        docs_note=docs_note,
     )
+
+
+def write_report(target: Path, data: dict, gx_state_dir: Path, *, with_docs: bool) -> Path | None:
+    """Write the page as one file that stands alone: plotly.js inlined, no local paths in it.
+
+    With `with_docs` the data docs site is copied (merged) into `data_docs/` beside the file and
+    the validations link there, relatively; otherwise they are listed unlinked, with a note.
+    Returns the folder of the copy, if one was made.
+    """
+    site = gx_state_dir / "data_docs"
+    copy = target.parent / REPORT_DOCS if with_docs and (site / "index.html").is_file() else None
+    if copy is not None and copy.resolve() != site.resolve():
+        shutil.copytree(site, copy, dirs_exist_ok=True)
+    page = render(
+        data,
+        inline_js=True,
+        data_docs_url=f"{REPORT_DOCS}/index.html" if copy else None,
+        validations=latest_validations(gx_state_dir),
+        docs_note=None if copy else NO_DOCS_NOTE,
+    )
+    target.write_text(page, encoding="utf-8")
+    return copy
