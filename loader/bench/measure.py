@@ -1,0 +1,145 @@
+"""One measured step in a Python process of its own: the seconds of its work and the peak
+resident memory of the process that did it.
+
+A step is a function `prepare(job) -> Work` named "module:function". The child process imports
+it and calls it (imports, servers starting, untimed), then times `Work.run()` alone and calls
+`Work.finish()` (untimed). The peak is the high-water mark of resident memory (VmHWM) of the
+step's own process, or, when the step's Python only drives programs (psql, pg_dump, the API
+server), the highest of theirs, read from /proc while they run. Not `getrusage`: Linux carries
+a parent's peak into a child's `ru_maxrss` across fork and exec, so a psql started from a
+300 MB Python would report 300 MB. A fresh interpreter per step keeps one step's imports and
+memory out of the next one's peak. PostgreSQL's own processes are not counted for any step.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+PROCESS = "process"  # the step's own process does the work
+PROGRAMS = "programs"  # the programs it started do it: the step's Python only drives them
+TAIL_LINES = 5
+WATCH_SECONDS = 0.02
+program_peaks: list[float] = []  # MB, one per program this process ran (one step per process)
+
+
+class StepFailed(RuntimeError):
+    """A step's process failed; the message ends with the last lines it wrote."""
+
+
+@dataclass
+class Work:
+    """What a prepared step does when timed, and how it cleans up after the clock stops."""
+
+    run: Callable[[], None]
+    peak_of: str = PROCESS
+    finish: Callable[[], None] = lambda: None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    seconds: float
+    peak_rss_mb: float
+
+
+def measure(step: str, job: dict) -> Measurement:
+    """Run `step` ("module:function") on `job` (JSON-able) in a fresh Python process."""
+    with tempfile.TemporaryDirectory(prefix="loader-bench-step-") as folder:
+        job_file, result_file = Path(folder) / "job.json", Path(folder) / "result.json"
+        job_file.write_text(json.dumps(job, default=str))
+        done = subprocess.run(
+            [sys.executable, "-m", "loader.bench.measure", step, str(job_file), str(result_file)],
+            capture_output=True,
+            text=True,
+            errors="replace",
+        )
+        if done.returncode != 0 or not result_file.exists():
+            tail = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+            raise StepFailed(
+                f"step {step} failed (exit {done.returncode}): "
+                + " | ".join(tail[-TAIL_LINES:] or ["no output"])
+            )
+        return Measurement(**json.loads(result_file.read_text()))
+
+
+def high_water_mb(pid: int | str = "self") -> float | None:
+    """VmHWM of a running process in MB, or None when it is gone (or /proc is absent)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+def record_peak(pid: int) -> None:
+    """Note the peak so far of a program this step started (call it before stopping it)."""
+    peak = high_water_mb(pid)
+    if peak is not None:
+        program_peaks.append(peak)
+
+
+def run_program(arguments: list[str]) -> None:
+    """Run a program to its end, watching its peak memory; RuntimeError if it fails."""
+    process = subprocess.Popen(
+        arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
+    )
+    peaks: list[float] = []
+
+    def watch() -> None:
+        while process.returncode is None:
+            peak = high_water_mb(process.pid)
+            if peak is not None:
+                peaks.append(peak)
+            time.sleep(WATCH_SECONDS)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    output, errors = process.communicate()
+    watcher.join()
+    program_peaks.append(max(peaks, default=0.0))
+    if process.returncode != 0:
+        tail = (errors or output).strip().splitlines()[-TAIL_LINES:]
+        raise RuntimeError(f"{Path(arguments[0]).name} failed: {' | '.join(tail)}")
+
+
+def peak_rss_mb(peak_of: str) -> float:
+    if peak_of == PROGRAMS:
+        return max(program_peaks, default=0.0)
+    own = high_water_mb()
+    if own is None:  # no /proc: getrusage, which may count a parent's memory too
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+    return own
+
+
+def main(step: str, job_file: str, result_file: str) -> None:
+    module, function = step.split(":")
+    prepare = getattr(importlib.import_module(module), function)
+    work = prepare(json.loads(Path(job_file).read_text()))
+    started = time.perf_counter()
+    try:
+        work.run()
+        seconds = time.perf_counter() - started
+    finally:
+        work.finish()
+    result = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(work.peak_of)}
+    Path(result_file).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    # Through the imported module, not this `__main__` copy of it: the steps record their
+    # programs' peaks in `loader.bench.measure.program_peaks`.
+    from loader.bench.measure import main as measure_main
+
+    measure_main(*sys.argv[1:])

@@ -1,0 +1,146 @@
+"""A bench's results: the median of each step's rounds, its ratio to its reference, printed as
+one table and written as JSON.
+
+A ratio is taken as the issue's targets are stated: a step's seconds over its reference's
+seconds (lower is better; per row, should their rows differ), except for `api`, whose ratio is
+its rows/s over `loader_same_rows`' rows/s (higher is better). A reference's own ratio is 1.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from loader.bench.measure import Measurement
+
+SECONDS, THROUGHPUT = "seconds", "rows/s"
+NAMES = (
+    "reference",
+    "pgloader",
+    "loader",
+    "dbt",
+    "backup",
+    "pg_dump",
+    "restore",
+    "pg_restore",
+    "api",
+    "loader_same_rows",
+)
+# A step → (its reference, how the ratio is taken). dbt has none: PostgreSQL has no tool of its
+# own that builds the marts.
+REFERENCE_OF = {
+    "pgloader": ("reference", SECONDS),
+    "loader": ("reference", SECONDS),
+    "backup": ("pg_dump", SECONDS),
+    "restore": ("pg_restore", SECONDS),
+    "api": ("loader_same_rows", THROUGHPUT),
+}
+REFERENCES = {reference for reference, _ in REFERENCE_OF.values()}
+
+
+@dataclass
+class Result:
+    """One step: the rows it handled, its median seconds and its highest peak over the rounds;
+    seconds None when it was skipped (`note` says why)."""
+
+    name: str
+    rows: int
+    seconds: float | None = None
+    peak_rss_mb: float | None = None
+    rounds: int = 0
+    note: str = ""
+    ratio: float | None = None
+
+    @property
+    def rows_per_s(self) -> float | None:
+        return self.rows / self.seconds if self.seconds else None
+
+
+def summarise(name: str, rows: int, measurements: list[Measurement], note: str = "") -> Result:
+    if not measurements:
+        return Result(name, rows, note=note)
+    return Result(
+        name,
+        rows,
+        statistics.median(m.seconds for m in measurements),
+        max(m.peak_rss_mb for m in measurements),
+        len(measurements),
+        note,
+    )
+
+
+def with_ratios(results: list[Result]) -> list[Result]:
+    """Set each result's ratio to its reference (None when either was skipped)."""
+    by_name = {result.name: result for result in results}
+    for result in results:
+        if result.seconds is None:
+            continue
+        if result.name in REFERENCES:
+            result.ratio = 1.0
+        elif result.name in REFERENCE_OF:
+            name, kind = REFERENCE_OF[result.name]
+            reference = by_name.get(name)
+            if reference is None or not reference.rows_per_s:
+                continue
+            result.ratio = (
+                result.rows_per_s / reference.rows_per_s
+                if kind == THROUGHPUT
+                else reference.rows_per_s / result.rows_per_s
+            )
+    return results
+
+
+def as_json(rows: int, results: list[Result]) -> dict:
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
+    return {
+        "rows": rows,
+        "results": [
+            {
+                "name": result.name,
+                "seconds": rounded(result.seconds, 3),
+                "rows_per_s": rounded(result.rows_per_s, 1),
+                "peak_rss_mb": rounded(result.peak_rss_mb, 1),
+                "ratio_to_reference": rounded(result.ratio, 3),
+            }
+            for result in results
+        ],
+    }
+
+
+def write_json(path: Path, rows: int, results: list[Result]) -> None:
+    path.write_text(json.dumps(as_json(rows, results), indent=2) + "\n")
+
+
+def against(result: Result) -> str:
+    if result.name in REFERENCE_OF:
+        name, kind = REFERENCE_OF[result.name]
+        return f"{name} ({kind})"
+    return "itself" if result.name in REFERENCES else ""
+
+
+def render(console: Console, title: str, results: list[Result]) -> None:
+    grid = RichTable(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("step", "rows", "seconds", "rows/s", "peak RSS MB", "ratio", "against"):
+        grid.add_column(header, justify="left" if header in ("step", "against") else "right")
+    for result in results:
+        if result.seconds is None:
+            grid.add_row(result.name, f"{result.rows:,}", "skipped", "", "", "", result.note)
+            continue
+        grid.add_row(
+            result.name,
+            f"{result.rows:,}",
+            f"{result.seconds:.2f}",
+            f"{result.rows_per_s:,.0f}",
+            f"{result.peak_rss_mb:,.0f}",
+            "" if result.ratio is None else f"{result.ratio:.2f}",
+            against(result),
+        )
+    console.print(grid)
