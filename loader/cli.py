@@ -165,10 +165,16 @@ def parser() -> argparse.ArgumentParser:
         "scratch databases (bench_*) on the server in use; refuses to run if its database "
         f"holds loader rows (exit {EXIT_USAGE})",
     )
-    bench.add_argument("--rows", type=positive, default=1_000_000, help="rows (default 1000000)")
-    bench.add_argument("--batch-size", type=batch_size, help="rows per batch (default 1000)")
-    bench.add_argument("--repeat", type=positive, default=3, help="rounds, median shown (3)")
-    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    bench.add_argument(
+        "--rows", type=positive, default=1_000_000, metavar="N", help="rows to generate (1000000)"
+    )
+    bench.add_argument(
+        "--batch-size", type=batch_size, metavar="B", help="rows per batch, 1..1000 (1000)"
+    )
+    bench.add_argument(
+        "--repeat", type=positive, default=3, metavar="K", help="rounds; medians are shown (3)"
+    )
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     return root
 
 
