@@ -3,23 +3,16 @@ assets, lists every operation of the API and asks nothing of the internet."""
 
 from __future__ import annotations
 
-import shutil
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.conftest import running_server
+from tests.e2e.browsers import BROWSER_TEST, CHROMIUM
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [
-    pytest.mark.database,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="no chromium on this machine (Debian: apt-get install chromium)"
-    ),
-]
+pytestmark = BROWSER_TEST
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 
 

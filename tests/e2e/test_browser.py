@@ -4,7 +4,6 @@ to README's docs/screenshots only with `pytest --screenshots` (so a test run lea
 
 from __future__ import annotations
 
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,16 +13,10 @@ import pytest
 from loader.flow.run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, running_server, settings_for
+from tests.e2e.browsers import BROWSER_TEST, CHROMIUM
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [
-    pytest.mark.database,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="no chromium on this machine (Debian: apt-get install chromium)"
-    ),
-]
+pytestmark = BROWSER_TEST
 TOKEN = "browser-read-token"
 
 
