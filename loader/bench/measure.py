@@ -95,7 +95,8 @@ def run_program(arguments: list[str]) -> None:
     process = subprocess.Popen(
         arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
     )
-    peaks: list[float] = []
+    first = high_water_mb(process.pid)  # at once: a short program may end before the thread runs
+    peaks = [first] if first is not None else []
 
     def watch() -> None:
         while process.returncode is None:
