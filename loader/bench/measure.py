@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from pathlib import Path
 PROCESS = "process"  # the step's own process does the work
 PROGRAMS = "programs"  # the programs it started do it: the step's Python only drives them
 TAIL_LINES = 5
-WATCH_SECONDS = 0.02
+WATCH_SECONDS = 0.005
 program_peaks: list[float] = []  # MB, one per program this process ran (one step per process)
 
 
@@ -90,29 +91,58 @@ def record_peak(pid: int) -> None:
         program_peaks.append(peak)
 
 
+def gnu_time() -> str | None:
+    """The path of GNU time (Debian's `time` package), or None: BSD's has no --output."""
+    path = shutil.which("time")
+    if path is None:
+        return None
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, errors="replace")
+    return path if "GNU" in version.stdout + version.stderr else None
+
+
+GNU_TIME = gnu_time()
+
+
 def run_program(arguments: list[str]) -> None:
-    """Run a program to its end, watching its peak memory; RuntimeError if it fails."""
-    process = subprocess.Popen(
-        arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
-    )
-    first = high_water_mb(process.pid)  # at once: a short program may end before the thread runs
-    peaks = [first] if first is not None else []
+    """Run a program to its end, noting its peak memory; RuntimeError if it fails.
 
-    def watch() -> None:
-        while process.returncode is None:
-            peak = high_water_mb(process.pid)
-            if peak is not None:
-                peaks.append(peak)
-            time.sleep(WATCH_SECONDS)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    output, errors = process.communicate()
-    watcher.join()
+    Through GNU time where installed: it forks the program from its own small process and
+    reports the child's `ru_maxrss` (%M), exact however short the program. A program started
+    straight from this Python would carry the Python's peak across exec into its own
+    `ru_maxrss`, and sampling /proc misses a program that ends between two samples.
+    """
+    with tempfile.NamedTemporaryFile(prefix="loader-bench-rss-", suffix=".txt") as rss:
+        timed = [GNU_TIME, "--format", "%M", "--output", rss.name, *arguments]
+        process = subprocess.Popen(
+            timed if GNU_TIME else arguments,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+        peaks: list[float] = []
+        watcher = threading.Thread(target=sample_peaks, args=(process, peaks), daemon=True)
+        if not GNU_TIME:
+            watcher.start()
+        output, errors = process.communicate()
+        if GNU_TIME:
+            kilobytes = Path(rss.name).read_text().strip().splitlines()
+            peaks.append(int(kilobytes[-1]) * 1024 / 1e6 if kilobytes else 0.0)
+        else:
+            watcher.join()
     program_peaks.append(max(peaks, default=0.0))
     if process.returncode != 0:
         tail = (errors or output).strip().splitlines()[-TAIL_LINES:]
         raise RuntimeError(f"{Path(arguments[0]).name} failed: {' | '.join(tail)}")
+
+
+def sample_peaks(process: subprocess.Popen, peaks: list[float]) -> None:
+    """Where GNU time is missing: the program's VmHWM read every few milliseconds."""
+    while process.poll() is None:
+        peak = high_water_mb(process.pid)
+        if peak is not None:
+            peaks.append(peak)
+        time.sleep(WATCH_SECONDS)
 
 
 def peak_rss_mb(peak_of: str) -> float:
