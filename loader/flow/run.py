@@ -6,10 +6,12 @@ while they run: `run_files` reads the input folder under the run lock (one file 
 database), `RequestSettler` takes one request body under that batch's lock. Everything after
 that is `Run`.
 
-Each table is read once, streaming: chunks of whole batches are judged by the gate and handed to
-dlt, so only one chunk is in memory at a time. Nothing is settled until every file has been
-read: a file that is not the table it claims to be (wrong field count, unclosed quote) stops the
-run with nothing promoted.
+Each table is read once, streaming: chunks of whole batches are judged by the gate, landed in
+raw by dlt every `land_rows` rows, and settled by a `SettleLine` thread while the next chunks
+are judged, so memory holds a few chunks whatever the input's size. A file that is not the
+table it claims to be (wrong field count, unclosed quote) stops the run with nothing written:
+a file run lands nothing until `prescan.StructureCheck`, reading every file in a process of its
+own, has found the input whole.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from loader.db.locks import request_lock, run_lock, try_run_lock
 from loader.db.schema import ensure_schemas
 from loader.flow.gate import Gate, Verdict
 from loader.flow.kill_points import AFTER_RAW_LOAD, AFTER_VERDICT, KillPoints
+from loader.flow.prescan import StructureCheck
 from loader.flow.raw import RawLoader
 from loader.flow.read import InputError, RawBatch, ReadCounts, read_batches, to_arrow
 from loader.flow.runs import (
@@ -53,6 +56,7 @@ from loader.flow.settle import (
     raw_copies,
     recorded,
 )
+from loader.flow.settling import SettleLine
 from loader.flow.state_folder import check_writable, write_error_in
 from loader.flow.summary import RunSummary, TableSummary
 from loader.marts.build import build_marts
@@ -63,6 +67,8 @@ Progress = Callable[[str, int], None]
 # Where a table's batches come from: a label for the summary, and a function that yields them
 # while filling in the counts it met.
 Source = tuple[str, Callable[[ReadCounts], Iterable[RawBatch]]]
+# A batch landed in raw and judged, ready to settle.
+Landed = tuple[Table, BatchInfo, Verdict]
 
 
 # How long a waiting run gives the run it waits for to write its audit.runs row, to name it.
@@ -149,6 +155,7 @@ class Run:
         self.run_id = new_run_id()
         self.kill = KillPoints(settings.kill_at)
         self.settlements: list[Settlement] = []
+        self._tally = threading.Lock()  # the summary's counts, shared with the settle line
         self.seconds = dict.fromkeys(
             ("read", "validate", "raw load", "promote", "data docs", "dbt build"), 0.0
         )
@@ -159,21 +166,36 @@ class Run:
     def log_dir(self) -> Path:
         return self.settings.logs_dir / self.run_id
 
-    def load_and_settle(self, sources: dict[Table, Source], ledger: dict[str, str]) -> None:
-        """Judge and land every batch not settled in `ledger` (batch id → state), then settle."""
-        work = self._read_judge_load(sources, ledger)
-        self.kill.reach(AFTER_RAW_LOAD)
+    def load_and_settle(
+        self,
+        sources: dict[Table, Source],
+        ledger: dict[str, str],
+        structure_checked: Callable[[], None] | None = None,
+    ) -> None:
+        """Judge and land every batch not settled in `ledger` (batch id → state), and settle it.
+
+        Args:
+            structure_checked: blocks until every source is known to read whole, or raises its
+                InputError (`prescan.StructureCheck`). Given, chunks land about every
+                `land_rows` rows and are settled by a `SettleLine` while the next ones are
+                judged. Absent, nothing lands until every source has been read, and the
+                batches are settled afterwards on the run's connection.
+        """
+        known = known_ids(self.conn, sources)
+        work = [
+            TableWork(table, TableSummary(table.name, label), [], {})
+            for table, (label, _) in sources.items()
+        ]
         self.summary.tables = [item.summary for item in work]
-        started = time.perf_counter()
-        settler = Settler(self.conn, self.run_id, self.policy, self.kill)
-        for item in work:
-            for batch in item.batches:
-                settlement = settler.settle(item.table, batch, item.verdicts[batch.batch_id])
-                self.settlements.append(settlement)
-                item.summary.add(settlement)
-                if settlement.status != PROMOTED and not settlement.replayed:
-                    self._log_batch(settlement)
-        self.seconds["promote"] += time.perf_counter() - started
+        if structure_checked is None:
+            self._judge_land_settle(work, sources, ledger, known, None, self._settle_here)
+            return
+        with connect(self.raw.url, autocommit=True) as conn:
+            line = SettleLine(conn, self.run_id, self.policy, self.kill, self._settled)
+            with line:
+                self._judge_land_settle(work, sources, ledger, known, structure_checked, line.put)
+                line.close()
+            self.seconds["promote"] += line.seconds
 
     def finish(self, error: BaseException | None = None) -> RunSummary:
         """Close the run's row (`completed`, or `failed` with the error) and return its summary.
@@ -190,32 +212,72 @@ class Run:
             close_run(self.conn, self.run_id, COMPLETED if error is None else FAILED, data)
         return summary
 
-    def _read_judge_load(
-        self, sources: dict[Table, Source], ledger: dict[str, str]
-    ) -> list[TableWork]:
-        known = known_ids(self.conn, sources)
-        work = [
-            TableWork(table, TableSummary(table.name, label), [], {})
-            for table, (label, _) in sources.items()
-        ]
+    def _judge_land_settle(
+        self,
+        work: list[TableWork],
+        sources: dict[Table, Source],
+        ledger: dict[str, str],
+        known: dict[str, list[int]],
+        structure_checked: Callable[[], None] | None,
+        settle: Callable[[list[Landed]], None],
+    ) -> None:
+        """Read and judge chunk by chunk; land what was judged when `land_rows` rows wait
+        (only once the structure is checked), then hand the landed batches to `settle`."""
+        waiting: list[tuple[TableWork, pa.Table, list[BatchInfo]]] = []
+        waiting_rows = 0
+        for item in work:
+            for chunk, batches in self._chunks(item, sources[item.table][1], ledger, known):
+                waiting.append((item, chunk, batches))
+                waiting_rows += chunk.num_rows
+                if structure_checked is not None and waiting_rows >= self.settings.land_rows:
+                    structure_checked()
+                    settle(self._land(waiting))
+                    waiting, waiting_rows = [], 0
+        if structure_checked is not None:
+            structure_checked()
+        settle(self._land(waiting))
+
+    def _land(self, judged: list[tuple[TableWork, pa.Table, list[BatchInfo]]]) -> list[Landed]:
+        """Judged chunks into raw in one dlt run; their batches, ready to settle."""
         started = time.perf_counter()
-        try:
-            self.raw.load(
-                {
-                    item.table: self._chunks(item, sources[item.table][1], ledger, known)
-                    for item in work
-                }
-            )
-        except BaseException as error:
-            with suppress(Exception):
-                self.raw.discard()
-            cause = _input_error_in(error)
-            if cause is not None:
-                raise cause from None
-            raise
-        self.seconds["raw load"] = time.perf_counter() - started - self.seconds["read"]
-        self.seconds["read"] -= self.seconds["validate"]
-        return work
+        chunks: dict[Table, list[pa.Table]] = {}
+        for item, chunk, _ in judged:
+            if chunk.num_rows:
+                chunks.setdefault(item.table, []).append(chunk)
+        if chunks:
+            try:
+                self.raw.load(chunks)
+            except BaseException:
+                with suppress(Exception):
+                    self.raw.discard()
+                raise
+        self.seconds["raw load"] += time.perf_counter() - started
+        self.kill.reach(AFTER_RAW_LOAD)
+        return [
+            (item.table, batch, item.verdicts[batch.batch_id])
+            for item, _, batches in judged
+            for batch in batches
+        ]
+
+    def _settle_here(self, landed: list[Landed]) -> None:
+        started = time.perf_counter()
+        settler = Settler(self.conn, self.run_id, self.policy, self.kill)
+        for table, batch, verdict in landed:
+            self._settled(table, settler.settle(table, batch, verdict))
+        self.seconds["promote"] += time.perf_counter() - started
+
+    def _settled(self, table: Table, settlement: Settlement) -> None:
+        """Count a settlement (on the settle line's thread, or the run's) and log a batch
+        that was not promoted whole."""
+        with self._tally:
+            self.settlements.append(settlement)
+            self._summaries[table.name].add(settlement)
+        if settlement.status != PROMOTED and not settlement.replayed:
+            self._log_batch(settlement)
+
+    @property
+    def _summaries(self) -> dict[str, TableSummary]:
+        return {summary.table: summary for summary in self.summary.tables}
 
     def _chunks(
         self,
@@ -223,37 +285,38 @@ class Run:
         batches: Callable[[ReadCounts], Iterable[RawBatch]],
         ledger: dict[str, str],
         known: dict[str, list[int]],
-    ) -> Iterator[pa.Table]:
+    ) -> Iterator[tuple[pa.Table, list[BatchInfo]]]:
+        """The table's unsettled batches, judged, a chunk of `chunk_rows` rows at a time: the
+        rows still to land in raw, and the chunk's batches."""
         counts = ReadCounts()
         pending: list[RawBatch] = []
         pending_rows = 0
         resumed = time.perf_counter()
         for batch in batches(counts):
             state = ledger.get(batch.batch_id)
-            if item.summary.count_earlier(state, batch.rows):
-                continue
+            with self._tally:
+                if item.summary.count_earlier(state, batch.rows):
+                    continue
             pending.append(batch)
             pending_rows += batch.rows
             if pending_rows >= self.settings.chunk_rows:
-                chunk = self._judged(item, pending, known)
-                self.progress(item.table.name, counts.rows)
                 self.seconds["read"] += time.perf_counter() - resumed
-                if chunk.num_rows:
-                    yield chunk
+                yield self._judged(item, pending, known)
+                self.progress(item.table.name, counts.rows)
                 resumed, pending, pending_rows = time.perf_counter(), [], 0
         item.summary.lines, item.summary.blank_lines = counts.lines, counts.blank_lines
         item.summary.rows_read = counts.rows
+        self.seconds["read"] += time.perf_counter() - resumed
         self.progress(item.table.name, counts.rows)
         if pending:
-            chunk = self._judged(item, pending, known)
-            self.seconds["read"] += time.perf_counter() - resumed
-            if chunk.num_rows:
-                yield chunk
+            yield self._judged(item, pending, known)
 
     def _judged(
         self, item: TableWork, batches: list[RawBatch], known: dict[str, list[int]]
-    ) -> pa.Table:
+    ) -> tuple[pa.Table, list[BatchInfo]]:
+        started = time.perf_counter()
         chunk = to_arrow(item.table, batches, self.run_id)
+        self.seconds["read"] += time.perf_counter() - started
         started = time.perf_counter()
         referenced = {
             column.references: known[column.references] for column in item.table.foreign_keys
@@ -267,28 +330,31 @@ class Run:
         landed = raw_copies(
             self.conn, item.table, {batch.batch_id: batch.rows for batch in batches}
         )
-        for batch in batches:
-            item.batches.append(
-                BatchInfo(
-                    batch.batch_id,
-                    batch.table,
-                    batch.source,
-                    batch.first_line,
-                    batch.last_line,
-                    batch.rows,
-                    landed.get(batch.batch_id),
-                )
+        infos = [
+            BatchInfo(
+                batch.batch_id,
+                batch.table,
+                batch.source,
+                batch.first_line,
+                batch.last_line,
+                batch.rows,
+                landed.get(batch.batch_id),
             )
-            if item.table.name in known:
+            for batch in batches
+        ]
+        item.batches += infos
+        if item.table.name in known:
+            for batch in batches:
                 known[item.table.name] += accepted_ids(
                     item.table, batch, verdicts[batch.batch_id], self.policy
                 )
-        item.summary.batches_read += len(batches)
-        item.summary.batches_reused += len(landed)
+        with self._tally:
+            item.summary.batches_read += len(batches)
+            item.summary.batches_reused += len(landed)
         if landed:
             unlanded = pc.invert(pc.is_in(chunk[BATCH_ID], pa.array(list(landed))))
             chunk = chunk.filter(unlanded)
-        return chunk
+        return chunk, infos
 
     def _log_batch(self, settlement: Settlement) -> None:
         batch = settlement.batch
@@ -327,6 +393,9 @@ def run_files(
                 settings.batch_size,
                 progress,
             )
+            structure = StructureCheck(
+                {table: files[table.name] for table in TABLES}, settings.batch_size
+            )
             try:
                 sources = {
                     table: (
@@ -335,11 +404,12 @@ def run_files(
                     )
                     for table in TABLES
                 }
-                run.load_and_settle(sources, ledger_states(conn))
+                run.load_and_settle(sources, ledger_states(conn), structure)
                 _build_docs(run)
                 if settings.build_marts:
                     _build_marts(run, url)
             except BaseException as error:
+                structure.cancel()
                 run.finish(error)
                 raise
             summary = run.finish()
@@ -486,14 +556,3 @@ def _one_batch(batch: RawBatch):
         return [batch]
 
     return batches
-
-
-def _input_error_in(error: BaseException) -> InputError | None:
-    """dlt wraps exceptions raised while extracting; find a user's input error inside."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, InputError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
