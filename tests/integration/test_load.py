@@ -193,3 +193,60 @@ def test_a_department_held_back_makes_its_hires_fail_the_foreign_key(clean, tmp_
         )
         == "exists in departments"
     )
+
+
+# Batches of 100, judged 5 at a time, landed 10 at a time: five lands settled while judging.
+SMALL_CHUNKS = {"batch_size": 100, "chunk_rows": 500, "land_rows": 1000}
+
+
+def settled_state(url):
+    """What a run settled, independent of its run id: core's rows and the ledger's verdicts."""
+    with psycopg.connect(url) as conn:
+        core = {
+            table.name: conn.execute(
+                f'select {", ".join(table.column_names)}, _batch_id from core."{table.name}" '
+                "order by 1"
+            ).fetchall()
+            for table in TABLES
+        }
+        ledger = conn.execute(
+            "select batch_id, table_name, first_line, last_line, status, rows_promoted, "
+            "rows_rejected, reasons from audit.batches order by batch_id"
+        ).fetchall()
+        rejected = conn.execute(
+            "select batch_id, line_number, failures from audit.rejected_rows "
+            "order by batch_id, line_number"
+        ).fetchall()
+    return core, ledger, rejected
+
+
+@pytest.mark.parametrize("policy", ["reject_batch", "quarantine_rows"])
+def test_settling_while_judging_settles_exactly_what_one_chunk_settles(clean, tmp_path, policy):
+    write_sample(tmp_path / "in", rows=5000)
+    overlapped = run(clean, tmp_path, tmp_path / "in", policy=policy, **SMALL_CHUNKS)
+    assert overlapped.total("batches_read") == 1 + 2 + 50  # 12 departments, 120 jobs
+    small = settled_state(clean)
+    with psycopg.connect(clean, autocommit=True) as conn:
+        for schema in ("core", "audit", "raw"):
+            conn.execute(f"drop schema {schema} cascade")
+    run(clean, tmp_path, tmp_path / "in", policy=policy, batch_size=100, chunk_rows=10_000)
+    assert settled_state(clean) == small
+    assert small[0]["hired_employees"], "hires were promoted after their departments and jobs"
+
+
+def test_a_malformed_last_line_writes_nothing_though_earlier_chunks_were_judged(clean, tmp_path):
+    write_sample(tmp_path / "in", rows=5000)
+    with (tmp_path / "in" / "hired_employees.csv").open("ab") as handle:
+        handle.write(b"9999,Ann,2021-01-01T00:00:00Z,1\r\n")
+    with pytest.raises(InputError, match=r"hired_employees.csv, line 5001: expected 5 fields"):
+        run(clean, tmp_path, tmp_path / "in", **SMALL_CHUNKS)
+    with psycopg.connect(clean) as conn:
+        landed = conn.execute(
+            "select count(*) from information_schema.tables where table_schema = 'raw' "
+            "and table_name = any(%s)",
+            ([table.name for table in TABLES],),
+        ).fetchone()[0]
+        assert landed == 0, "nothing reached raw"
+        assert conn.execute("select count(*) from audit.batches").fetchone()[0] == 0
+        for table in TABLES:
+            assert conn.execute(f'select count(*) from core."{table.name}"').fetchone()[0] == 0
