@@ -23,6 +23,7 @@ import json
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 
 import psycopg
 from psycopg import errors, sql
@@ -161,6 +162,7 @@ def _cast(table: Table, alias: str) -> list[sql.Composable]:
     return [cast_field(column, sql.Identifier(alias, column.name)) for column in table.columns]
 
 
+@cache  # composed once per table: a run settles thousands of batches
 def upsert_statement(table: Table) -> sql.Composed:
     """Rows of one batch from raw into core, skipping the lines in %(failing)s; with %(only)s
     set, that one line alone."""
@@ -189,6 +191,7 @@ def upsert_statement(table: Table) -> sql.Composed:
     )
 
 
+@cache  # composed once per table: a run settles thousands of batches
 def raw_rows_statement(table: Table) -> sql.Composed:
     """One batch's raw lines with their field values, in file order."""
     return sql.SQL(
@@ -200,6 +203,7 @@ def raw_rows_statement(table: Table) -> sql.Composed:
     )
 
 
+@cache  # composed once per table: a run settles thousands of batches
 def rejected_rows_statement(table: Table) -> sql.Composed:
     """Copy the failing lines of one batch from raw into audit.rejected_rows, returning them."""
     values = sql.SQL(", ").join(

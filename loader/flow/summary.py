@@ -178,7 +178,7 @@ class RunSummary:
         for reason, rows in self.top_reasons():
             console.print(f"  rejected: {rows:>7} × {reason}")
         times = ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in self.seconds.items())
-        console.print(f"  time: {times}")
+        console.print(f"  time (stages overlap): {times}")
         rows = ", ".join(f"marts.{name} {count} rows" for name, count in self.marts.items())
         console.print(f"  marts: {self.marts_status}" + (f": {rows}" if rows else ""))
         for failure in self.marts_failures:
