@@ -23,7 +23,7 @@ from loader.api.settlements import SettlementThreads
 from loader.api.throttle import FailureThrottle
 from loader.api.tokens import parse_tokens
 from loader.db.connect import DatabaseUnavailable
-from loader.flow.run import RequestSettler
+from loader.flow.requests import RequestSettler
 from loader.settings import Settings
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # 1000 rows of this data fit in a tenth of it
@@ -38,10 +38,12 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI):
         state = app.state
         state.pool.open()
+        state.settler.start()
         state.refresher.start()
         yield
         # Settlements still running (a 504 does not stop them) finish and store their answers.
         await run_in_threadpool(state.settlements.shutdown)
+        await run_in_threadpool(state.settler.stop)
         state.refresher.stop()
         await run_in_threadpool(state.pool.close)
 

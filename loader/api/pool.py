@@ -1,8 +1,8 @@
 """The API's connection pool: its own queries (reports, audit look-ups, Idempotency-Keys, health)
 share a bounded set of connections instead of opening new ones per request.
 
-Settlements do not use it: each holds a session-level advisory lock on its batch for the whole
-request, on a connection of its own (`loader.flow.run.RequestSettler`).
+Settlements do not use it: `loader.flow.requests.RequestSettler` holds the request locks of
+the batches it settles together, and their run, on a connection of its own.
 """
 
 from __future__ import annotations

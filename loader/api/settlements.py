@@ -1,9 +1,10 @@
 """Batch settlements on threads of their own, so that they outlive a request that timed out.
 
 A settlement is never cancelled once started: it runs to its end, stores its answer under its
-Idempotency-Key, and a retry gets that answer. The threads are few and separate from the
-threadpool that serves reads, so a burst of inserts queues here (each opens its database
-connection only when it starts) and never starves the report endpoints.
+Idempotency-Key, and a retry gets that answer. The threads are separate from the threadpool
+that serves reads, so a burst of inserts queues here and never starves the report endpoints.
+A thread mostly waits (holding no database connection) for `RequestSettler`, which settles
+the requests waiting at once as one run.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from loader.flow.requests import MOST_BATCHES
+
 log = logging.getLogger("loader.api")
 T = TypeVar("T")
-THREADS = 4
+THREADS = MOST_BATCHES  # each request the settler may take into one run has a thread waiting
 
 
 class SettlementThreads:

@@ -3,8 +3,8 @@ judge (the GX gate) → land in raw (dlt) → settle (the settlement engine) →
 
 File runs and API requests differ only in where batches come from and which lock they hold
 while they run: `run_files` reads the input folder under the run lock (one file run per
-database), `RequestSettler` takes one request body under that batch's lock. Everything after
-that is `Run`.
+database), `requests.RequestSettler` gathers the request bodies waiting at a moment under their
+batches' locks. Everything after that is `Run`.
 
 Each table is read once, streaming: chunks of whole batches are judged by the gate, landed in
 raw by dlt every `land_rows` rows, and settled by a `SettleLine` thread while the next chunks
@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from loader.db.connect import DatabaseUnavailable, connect, database_url, reason_of, redact
-from loader.db.locks import request_lock, run_lock, try_run_lock
+from loader.db.locks import run_lock, try_run_lock
 from loader.db.schema import ensure_schemas
 from loader.flow.gate import Gate, Verdict
 from loader.flow.kill_points import AFTER_RAW_LOAD, AFTER_VERDICT, KillPoints
@@ -54,7 +54,6 @@ from loader.flow.settle import (
     held_back,
     ledger_states,
     raw_copies,
-    recorded,
 )
 from loader.flow.settling import SettleLine
 from loader.flow.state_folder import check_writable, write_error_in
@@ -503,72 +502,3 @@ def _as_database_error(error: BaseException, url: str) -> DatabaseUnavailable:
         f"lost the database {redact(url)} ({reason}); settled batches are kept, and the rest "
         "are settled when the same input is sent again"
     )
-
-
-class RequestSettler:
-    """Settles API batches: each request is a run of one batch through the same path.
-
-    Requests for the same body wait for each other on that batch's lock and are then answered
-    from the ledger; a process-wide lock keeps the dlt pipeline folder and the GX context to
-    one request at a time.
-    """
-
-    def __init__(self, settings: Settings, url: str):
-        self.settings = settings
-        self.url = url
-        self.gate = Gate(EXPECTATIONS_DIR, settings.gx_state_dir)
-        self.raw = RawLoader(url, settings.dlt_dir / "api")
-        self.lock = threading.Lock()
-        with connect(url, autocommit=True) as conn:
-            ensure_schemas(conn)
-            mark_abandoned(conn)
-
-    def settle(self, table: Table, batch: RawBatch, policy: str) -> Settlement:
-        """The batch's settlement: made now, or the earlier one (`replayed`)."""
-        info = BatchInfo(
-            batch.batch_id, table.name, batch.source, batch.first_line, batch.last_line, batch.rows
-        )
-        with connect(self.url, autocommit=True) as conn, request_lock(conn, batch.batch_id):
-            earlier = recorded(conn, info)
-            if earlier is not None:
-                return earlier
-            ledger = dict(
-                conn.execute(
-                    "select batch_id, status from audit.batches where batch_id = %s",
-                    (batch.batch_id,),
-                ).fetchall()
-            )
-            with self.lock:
-                run = Run(
-                    self.settings,
-                    conn,
-                    self.gate,
-                    self.raw,
-                    f"api:{table.name}",
-                    policy,
-                    batch.rows,
-                )
-                try:
-                    run.load_and_settle({table: (batch.source, _one_batch(batch))}, ledger)
-                except Exception as error:
-                    run.finish(error)
-                    if _database_gone(self.url):
-                        raise _as_database_error(error, self.url) from None
-                    raise
-                run.finish()
-            return run.settlements[0]
-
-    def build_docs(self) -> None:
-        """Add the validations made since the last call to the GX data docs."""
-        with self.lock:
-            if self.gate.validated:
-                self.gate.build_docs()
-                self.gate.validated.clear()
-
-
-def _one_batch(batch: RawBatch):
-    def batches(counts: ReadCounts) -> list[RawBatch]:
-        counts.lines = counts.rows = batch.rows
-        return [batch]
-
-    return batches
