@@ -109,6 +109,20 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not run `dbt build` at the end (LOADER_BUILD_MARTS=false)",
     )
+    spread = run.add_mutually_exclusive_group()
+    spread.add_argument(
+        "--workers",
+        type=positive,
+        metavar="N",
+        help="read, validate and land on a Dask LocalCluster of N single-threaded worker "
+        "processes (LOADER_WORKERS)",
+    )
+    spread.add_argument(
+        "--scheduler",
+        metavar="URL",
+        help="run on the Dask cluster of this scheduler, e.g. tcp://HOST:8786; every worker "
+        "must read the input and state folders at the same paths (LOADER_SCHEDULER)",
+    )
 
     runs = verbs.add_parser("runs", help="list recent runs and API requests (audit.runs)")
     runs.add_argument("--limit", type=non_negative, default=20, help="how many (default 20)")
@@ -186,6 +200,8 @@ def settings_from(args: argparse.Namespace):
         "batch_size": getattr(args, "batch_size", None),
         "policy": getattr(args, "policy", None),
         "build_marts": False if getattr(args, "skip_marts", False) else None,
+        "workers": getattr(args, "workers", None),
+        "scheduler": getattr(args, "scheduler", None),
     }
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 

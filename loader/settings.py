@@ -50,6 +50,24 @@ class Settings(BaseSettings):
         description="Judged rows landed in raw by one dlt run (whole chunks): each run costs "
         "about 0.3 s whatever its size, Arrow rows waiting to land about 100 bytes each.",
     )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        alias="LOADER_WORKERS",
+        description="Run on a Dask LocalCluster of this many single-threaded worker processes.",
+    )
+    scheduler: str | None = Field(
+        default=None,
+        alias="LOADER_SCHEDULER",
+        description="Run on the Dask cluster of this scheduler (tcp://HOST:8786); its workers "
+        "must read the input and state folders at the same paths.",
+    )
+    task_rows: int = Field(
+        default=200_000,
+        ge=1,
+        alias="LOADER_TASK_ROWS",
+        description="Data rows per Dask task (rounded down to whole batches, one at least).",
+    )
     build_marts: bool = Field(
         default=True,
         alias="LOADER_BUILD_MARTS",
@@ -103,6 +121,12 @@ class Settings(BaseSettings):
     def _pool_bounds(self) -> Settings:
         if self.api_pool_min > self.api_pool_max:
             raise ValueError("LOADER_API_POOL_MIN must not exceed LOADER_API_POOL_MAX")
+        return self
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> Settings:
+        if self.workers is not None and self.scheduler is not None:
+            raise ValueError("LOADER_WORKERS and LOADER_SCHEDULER exclude each other")
         return self
 
     @property

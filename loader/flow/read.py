@@ -128,12 +128,26 @@ def read_batches(
 
 
 def read_stream(
-    handle: BinaryIO, source: str, table: Table, batch_size: int, counts: ReadCounts | None = None
+    handle: BinaryIO,
+    source: str,
+    table: Table,
+    batch_size: int,
+    counts: ReadCounts | None = None,
+    first_line: int = 1,
+    max_rows: int | None = None,
 ) -> Iterator[RawBatch]:
-    """`read_batches` over any binary stream (a file, or the body of an API request)."""
+    """`read_batches` over any binary stream (a file, or the body of an API request).
+
+    Args:
+        first_line: the line number of the stream's first line (a cluster task reads a share
+            of a file from a line in its middle, see `ranges.read_share`).
+        max_rows: stop after this many data rows.
+    """
     counts = counts if counts is not None else ReadCounts()
     batch, content = None, bytearray()
-    for line_number, raw in enumerate(handle, start=1):
+    for line_number, raw in enumerate(handle, start=first_line):
+        if max_rows is not None and counts.rows == max_rows:
+            break
         counts.lines = line_number
         if line_number == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]

@@ -379,13 +379,50 @@ class Run:
         path.write_text(json.dumps(entry, indent=2))
 
 
+class LoadHere:
+    """How a file run reads, judges and lands its input in this process: the strict reader
+    beside a structure pre-scan, chunk by chunk, settled while the next chunks are judged.
+    (`cluster.LoadOnCluster` does the same on a Dask cluster.)"""
+
+    def __init__(
+        self, settings: Settings, conn: psycopg.Connection, url: str, progress: Progress | None
+    ):
+        self.settings = settings
+        self.run = Run(
+            settings,
+            conn,
+            Gate(EXPECTATIONS_DIR, settings.gx_state_dir),
+            RawLoader(url, settings.dlt_dir),
+            str(settings.input_dir),
+            settings.policy,
+            settings.batch_size,
+            progress,
+            keep_failing_rows=False,
+        )
+        self.structure: StructureCheck | None = None
+
+    def load(self, files: dict[str, Path]) -> None:
+        batch_size = self.settings.batch_size
+        self.structure = StructureCheck({t: files[t.name] for t in TABLES}, batch_size)
+        sources = {
+            table: (str(files[table.name]), _file_batches(files[table.name], table, batch_size))
+            for table in TABLES
+        }
+        self.run.load_and_settle(sources, ledger_states(self.run.conn), self.structure)
+
+    def cancel(self) -> None:
+        if self.structure is not None:
+            self.structure.cancel()
+
+
 def run_files(
     settings: Settings,
     progress: Progress | None = None,
     wait: bool = True,
     notify: Callable[[str], None] = lambda message: None,
 ) -> RunSummary:
-    """`python -m loader run`: the input folder through the path, then data docs and marts.
+    """`python -m loader run`: the input folder through the path, then data docs and marts;
+    on a Dask cluster when `settings` name workers or a scheduler.
 
     Args:
         wait: when another file run holds the database, wait for it (`notify` is told once
@@ -394,37 +431,23 @@ def run_files(
     files = input_files(settings.input_dir)
     check_writable(settings.state_path)
     url = database_url(settings)
+    loading = LoadHere
+    if settings.workers is not None or settings.scheduler is not None:
+        from loader.flow.cluster import LoadOnCluster  # dask only where it is asked for
+
+        loading = LoadOnCluster
     try:
         with connect(url, autocommit=True) as conn:
             _take_run_lock(conn, url, wait, notify)
-            run = Run(
-                settings,
-                conn,
-                Gate(EXPECTATIONS_DIR, settings.gx_state_dir),
-                RawLoader(url, settings.dlt_dir),
-                str(settings.input_dir),
-                settings.policy,
-                settings.batch_size,
-                progress,
-                keep_failing_rows=False,
-            )
-            structure = StructureCheck(
-                {table: files[table.name] for table in TABLES}, settings.batch_size
-            )
+            load = loading(settings, conn, url, progress)
+            run = load.run
             try:
-                sources = {
-                    table: (
-                        str(files[table.name]),
-                        _file_batches(files[table.name], table, settings.batch_size),
-                    )
-                    for table in TABLES
-                }
-                run.load_and_settle(sources, ledger_states(conn), structure)
+                load.load(files)
                 _build_docs(run)
                 if settings.build_marts:
                     _build_marts(run, url)
             except BaseException as error:
-                structure.cancel()
+                load.cancel()
                 run.finish(error)
                 raise
             summary = run.finish()

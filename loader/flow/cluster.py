@@ -1,0 +1,217 @@
+"""A file run on Dask: `run --workers N` (a LocalCluster) or `run --scheduler URL` (a cluster).
+
+The same run as `run.run_files`, with reading, judging and landing spread over workers:
+1. count: each file's pieces are counted in parallel (`ranges.count_piece`), which places every
+   batch exactly where the sequential reader puts it;
+2. judge: tasks of whole batches (`tasks.judge_share`), the tables others reference first;
+   their accepted ids are broadcast to the workers for the reference rule of the rest;
+3. settle: only once every task has been judged (a malformed line anywhere stops the run with
+   nothing promoted), through the one settlement engine, in file order, on the driver.
+
+Batch ids, lines, verdicts, ledger rows and counts are those of a sequential run. The input
+must be readable at the same absolute path by every worker (a shared folder), and so must the
+state folder (GX writes its validation results there for the data docs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from loader.db.connect import connect
+from loader.flow.gate import Gate
+from loader.flow.ranges import count_piece, cut, place, shares
+from loader.flow.raw import RawLoader
+from loader.flow.run import (
+    Progress,
+    Run,
+    known_ids,
+)
+from loader.flow.settle import SETTLED
+from loader.flow.settling import SettleLine
+from loader.flow.summary import RunSummary, TableSummary
+from loader.flow.tasks import Job, TaskResult, judge_share
+from loader.settings import EXPECTATIONS_DIR, Settings
+from loader.tables import TABLES, Table
+
+
+@dataclass
+class ClusterSummary(RunSummary):
+    """A run's summary, plus which worker did what: tasks, batches, rows landed, busy seconds."""
+
+    workers: dict[str, dict] = field(default_factory=dict)
+
+    def render(self, console: Console) -> None:
+        super().render(console)
+        for worker, work in sorted(self.workers.items()):
+            console.print(
+                f"  worker {worker}: {work['tasks']} tasks, {work['batches']} batches, "
+                f"{work['rows_landed']:,} rows landed, {work['seconds']:.2f}s busy"
+            )
+
+
+@contextmanager
+def dask_client(workers: int | None, scheduler: str | None) -> Iterator:
+    """A client of the cluster at `scheduler`, or of a LocalCluster of `workers` processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler, timeout="30s") as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+class ClusterRun(Run):
+    """A `Run` whose batches are read, judged and landed by the workers of a Dask client."""
+
+    def __init__(self, settings: Settings, conn, url: str, progress=None):
+        super().__init__(
+            settings,
+            conn,
+            Gate(EXPECTATIONS_DIR, settings.gx_state_dir),
+            RawLoader(url, settings.dlt_dir),
+            str(settings.input_dir),
+            settings.policy,
+            settings.batch_size,
+            progress,
+            keep_failing_rows=False,
+        )
+        self.url = url
+        self.summary = ClusterSummary(
+            self.run_id, self.summary.input, self.batch_size, self.policy, log_dir=str(self.log_dir)
+        )
+        self.seconds = {"count": 0.0, **self.seconds}
+
+    def spread(self, client, files: dict[str, Path]) -> None:
+        """Count, judge and land every file on the cluster, then settle every batch."""
+        job = Job(
+            self.url,
+            str(self.settings.gx_state_dir),
+            self.run_id,
+            self.policy,
+            self.batch_size,
+            self.settings.chunk_rows,
+        )
+        self.summary.tables = [TableSummary(table.name, str(files[table.name])) for table in TABLES]
+        placed = self._count(client, files)
+        known = known_ids(self.conn, TABLES)
+        first = [table for table in TABLES if not table.foreign_keys]
+        results = self._judge(client, job, first, files, placed, None)
+        for result in results:
+            if result.table in known:
+                known[result.table] += result.accepted
+        rest = [table for table in TABLES if table.foreign_keys]
+        broadcast = client.scatter(known, broadcast=True)
+        results += self._judge(client, job, rest, files, placed, broadcast)
+        self._tally_results(results)
+        self._settle(results)
+
+    def _count(self, client, files: dict[str, Path]) -> dict[str, list]:
+        """Each file's pieces, placed; the summary's lines, blank lines and rows."""
+        started = time.perf_counter()
+        pieces = {name: cut(path.absolute()) for name, path in files.items()}
+        futures = {name: client.map(count_piece, found) for name, found in pieces.items()}
+        placed = {}
+        for summary in self.summary.tables:
+            counts = client.gather(futures[summary.table])
+            placed[summary.table] = place(pieces[summary.table], counts)
+            summary.lines = sum(count.lines for count in counts)
+            summary.blank_lines = sum(count.blank_lines for count in counts)
+            summary.rows_read = sum(count.rows for count in counts)
+        self.seconds["count"] = time.perf_counter() - started
+        return placed
+
+    def _judge(
+        self, client, job: Job, tables: list[Table], files, placed, known
+    ) -> list[TaskResult]:
+        """Every share of `tables` judged and landed by the workers, in file order."""
+        from distributed import as_completed
+
+        task_rows = max(1, self.settings.task_rows // self.batch_size) * self.batch_size
+        rows = {summary.table: summary.rows_read for summary in self.summary.tables}
+        futures = [
+            client.submit(judge_share, job, share, str(files[table.name]), known, pure=False)
+            for table in tables
+            for share in shares(table, placed[table.name], rows[table.name], task_rows)
+        ]
+        results = []
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                results.append(result)
+                read = sum(len(r.batches) for r in results if r.table == result.table)
+                self.progress(result.table, read)
+        except BaseException:
+            client.cancel(futures)
+            raise
+        order = {table.name: index for index, table in enumerate(TABLES)}
+        return sorted(results, key=lambda result: (order[result.table], result.first_row))
+
+    def _tally_results(self, results: list[TaskResult]) -> None:
+        """The counts a sequential run makes while reading, and which worker did what."""
+        summaries = self._summaries
+        for result in results:
+            summary = summaries[result.table]
+            for judged in result.batches:
+                if summary.count_earlier(judged.earlier, judged.batch.rows):
+                    continue
+                summary.batches_read += 1
+                summary.batches_reused += judged.batch.raw_run_id is not None
+            for stage, seconds in result.seconds.items():
+                self.seconds[stage] += seconds
+            work = self.summary.workers.setdefault(
+                result.worker, {"tasks": 0, "batches": 0, "rows_landed": 0, "seconds": 0.0}
+            )
+            work["tasks"] += 1
+            work["batches"] += len(result.batches)
+            work["rows_landed"] += result.rows_landed
+            work["seconds"] = round(work["seconds"] + sum(result.seconds.values()), 3)
+            self.gate.validated += result.validated
+
+    def _settle(self, results: list[TaskResult]) -> None:
+        """Every unsettled batch through the settlement engine, in file order."""
+        tables = {table.name: table for table in TABLES}
+        landed = [
+            (tables[result.table], judged.batch, judged.verdict)
+            for result in results
+            for judged in result.batches
+            if judged.earlier not in SETTLED
+        ]
+        with connect(self.url, autocommit=True) as conn:
+            line = SettleLine(conn, self.run_id, self.policy, self.kill, self._settled)
+            with line:
+                line.put(landed)
+                line.close()
+            self.seconds["promote"] += line.seconds
+
+
+class LoadOnCluster:
+    """`run.run_files`' loading on Dask: a `ClusterRun` spread over the client's workers."""
+
+    def __init__(self, settings: Settings, conn, url: str, progress: Progress | None):
+        self.settings = settings
+        self.run = ClusterRun(settings, conn, url, progress)
+
+    def load(self, files: dict[str, Path]) -> None:
+        with dask_client(self.settings.workers, self.settings.scheduler) as client:
+            self.run.spread(client, files)
+
+    def cancel(self) -> None:
+        """Nothing of its own to stop: leaving `dask_client` closed the cluster."""

@@ -1,0 +1,110 @@
+"""`--scheduler URL` on a real cluster of separate processes (`dask scheduler`, two `dask
+worker --nthreads 1`) on 127.0.0.1: one worker is SIGKILLed while it judges a share, Dask runs
+that share again, and the run still equals the sequential run, every row once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from distributed import Client
+
+from tests.cluster.conftest import BATCH_SIZE, TASK_ROWS, counts, snapshot
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.cluster
+DASK = str(Path(sys.executable).parent / "dask")
+SECONDS = 240
+
+
+@pytest.fixture()
+def scheduler(tmp_path):
+    """A scheduler and two single-threaded workers (each under its nanny, which restarts a
+    killed worker), as subprocesses; stopped by their handles afterwards."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    port = address.rsplit(":", 1)[1]
+    logs = tmp_path / "dask.log"
+    started = []
+    with logs.open("w") as log:
+        started.append(
+            subprocess.Popen(
+                [DASK, "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
+                stdout=log,
+                stderr=log,
+                cwd=REPO,
+            )
+        )
+        for name in ("a", "b"):
+            started.append(
+                subprocess.Popen(
+                    [DASK, "worker", address, "--nthreads", "1", "--name", name, "--no-dashboard"],
+                    stdout=log,
+                    stderr=log,
+                    cwd=REPO,
+                )
+            )
+    try:
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            yield address, client
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def judging(client: Client) -> str | None:
+    """The address of a worker judging a share right now, if one is."""
+    for worker, keys in client.processing().items():
+        if any(str(key).startswith("judge_share") for key in keys):
+            return worker
+    return None
+
+
+def test_a_killed_worker_loses_nothing_and_the_run_equals_the_sequential_one(
+    scheduler, cluster_sample, sequential_result, new_database, tmp_path
+):
+    address, client = scheduler
+    expected = sequential_result("reject_batch")
+    url = new_database()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LOADER_")}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "loader", "run", "--input", str(cluster_sample), "--json"]
+        + ["--scheduler", address, "--batch-size", str(BATCH_SIZE), "--skip-marts"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **env,
+            "DATABASE_URL": url,
+            "LOADER_STATE_DIR": str(tmp_path / "cluster"),
+            "LOADER_TASK_ROWS": str(TASK_ROWS),
+        },
+    )
+    try:
+        deadline = time.monotonic() + SECONDS
+        while (victim := judging(client)) is None:
+            assert run.poll() is None and time.monotonic() < deadline, "no share was judged"
+            time.sleep(0.02)
+        pid = client.run(os.getpid, workers=[victim])[victim]
+        os.kill(pid, signal.SIGKILL)
+        out, err = run.communicate(timeout=SECONDS)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    summary = json.loads(out)
+    assert snapshot(url) == expected["database"]
+    assert counts(summary) == expected["summary"]
+    assert sum(work["tasks"] for work in summary["workers"].values()) >= 8
