@@ -25,9 +25,7 @@ from pathlib import Path
 from rich.console import Console
 
 from loader.db.connect import connect
-from loader.flow.gate import Gate
 from loader.flow.ranges import count_piece, cut, place, shares
-from loader.flow.raw import RawLoader
 from loader.flow.run import (
     Progress,
     Run,
@@ -37,7 +35,7 @@ from loader.flow.settle import SETTLED
 from loader.flow.settling import SettleLine
 from loader.flow.summary import RunSummary, TableSummary
 from loader.flow.tasks import Job, TaskResult, judge_share
-from loader.settings import EXPECTATIONS_DIR, Settings
+from loader.settings import Settings
 from loader.tables import TABLES, Table
 
 
@@ -81,19 +79,9 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator:
 class ClusterRun(Run):
     """A `Run` whose batches are read, judged and landed by the workers of a Dask client."""
 
-    def __init__(self, settings: Settings, conn, url: str, progress=None):
-        super().__init__(
-            settings,
-            conn,
-            Gate(EXPECTATIONS_DIR, settings.gx_state_dir),
-            RawLoader(url, settings.dlt_dir),
-            str(settings.input_dir),
-            settings.policy,
-            settings.batch_size,
-            progress,
-            keep_failing_rows=False,
-        )
-        self.url = url
+    def __init__(self, *arguments, **options):
+        super().__init__(*arguments, **options)
+        self.url = self.raw.url
         self.summary = ClusterSummary(
             self.run_id, self.summary.input, self.batch_size, self.policy, log_dir=str(self.log_dir)
         )
@@ -207,7 +195,7 @@ class LoadOnCluster:
 
     def __init__(self, settings: Settings, conn, url: str, progress: Progress | None):
         self.settings = settings
-        self.run = ClusterRun(settings, conn, url, progress)
+        self.run = ClusterRun.of_files(settings, conn, url, progress)
 
     def load(self, files: dict[str, Path]) -> None:
         with dask_client(self.settings.workers, self.settings.scheduler) as client:

@@ -67,10 +67,7 @@ class Request:
 
     @property
     def info(self) -> BatchInfo:
-        batch = self.batch
-        return BatchInfo(
-            batch.batch_id, batch.table, batch.source, batch.first_line, batch.last_line, batch.rows
-        )
+        return BatchInfo.of(self.batch)
 
 
 class RequestGate:

@@ -173,6 +173,24 @@ class Run:
         self.summary = RunSummary(self.run_id, label, batch_size, policy, log_dir=str(self.log_dir))
         open_run(conn, self.run_id, label, batch_size, policy)
 
+    @classmethod
+    def of_files(
+        cls, settings: Settings, conn: psycopg.Connection, url: str, progress: Progress | None
+    ) -> Run:
+        """A run of the input folder: the committed checkpoints, the run's own dlt pipeline,
+        failing rows logged rather than kept (a file may hold back millions)."""
+        return cls(
+            settings,
+            conn,
+            Gate(EXPECTATIONS_DIR, settings.gx_state_dir),
+            RawLoader(url, settings.dlt_dir),
+            str(settings.input_dir),
+            settings.policy,
+            settings.batch_size,
+            progress,
+            keep_failing_rows=False,
+        )
+
     @property
     def log_dir(self) -> Path:
         return self.settings.logs_dir / self.run_id
@@ -344,18 +362,7 @@ class Run:
         landed = raw_copies(
             self.conn, item.table, {batch.batch_id: batch.rows for batch in batches}
         )
-        infos = [
-            BatchInfo(
-                batch.batch_id,
-                batch.table,
-                batch.source,
-                batch.first_line,
-                batch.last_line,
-                batch.rows,
-                landed.get(batch.batch_id),
-            )
-            for batch in batches
-        ]
+        infos = [BatchInfo.of(batch, landed.get(batch.batch_id)) for batch in batches]
         item.batches += infos
         if item.table.name in known:
             for batch in batches:
@@ -388,17 +395,7 @@ class LoadHere:
         self, settings: Settings, conn: psycopg.Connection, url: str, progress: Progress | None
     ):
         self.settings = settings
-        self.run = Run(
-            settings,
-            conn,
-            Gate(EXPECTATIONS_DIR, settings.gx_state_dir),
-            RawLoader(url, settings.dlt_dir),
-            str(settings.input_dir),
-            settings.policy,
-            settings.batch_size,
-            progress,
-            keep_failing_rows=False,
-        )
+        self.run = Run.of_files(settings, conn, url, progress)
         self.structure: StructureCheck | None = None
 
     def load(self, files: dict[str, Path]) -> None:

@@ -31,6 +31,7 @@ from psycopg import errors, sql
 from loader.db.locks import batch_lock, schema_lock, table_lock
 from loader.flow.gate import Failure, Verdict
 from loader.flow.kill_points import AFTER_COMMIT, BEFORE_COMMIT, NOWHERE, KillPoints
+from loader.flow.read import RawBatch
 from loader.flow.rules import BEYOND_MICROSECONDS, REFERENCE_EXPECTATION, reference_rule
 from loader.tables import Column, Table
 
@@ -55,6 +56,18 @@ class BatchInfo:
     last_line: int
     rows: int
     raw_run_id: str | None = None  # the run whose raw copy is settled; None: the settling run's
+
+    @classmethod
+    def of(cls, batch: RawBatch, raw_run_id: str | None = None) -> BatchInfo:
+        return cls(
+            batch.batch_id,
+            batch.table,
+            batch.source,
+            batch.first_line,
+            batch.last_line,
+            batch.rows,
+            raw_run_id,
+        )
 
 
 @dataclass

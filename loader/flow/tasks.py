@@ -158,15 +158,7 @@ def _land(
 
 def _info(batch: RawBatch, copy_run: str | None, run_id: str) -> BatchInfo:
     # A copy this very run landed (an earlier attempt of the task) is the run's own rows.
-    return BatchInfo(
-        batch.batch_id,
-        batch.table,
-        batch.source,
-        batch.first_line,
-        batch.last_line,
-        batch.rows,
-        None if copy_run == run_id else copy_run,
-    )
+    return BatchInfo.of(batch, None if copy_run == run_id else copy_run)
 
 
 def _ledger_states(conn: psycopg.Connection, batch_ids: list[str]) -> dict[str, str]:
