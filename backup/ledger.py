@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from backup.avro import Field, export_query, read_records, record_schema, selected
+from backup.avro import Field, Written, export_query, import_file, record_schema, selected
 
 
 @dataclass(frozen=True)
@@ -131,9 +131,9 @@ def _scope(audit: AuditTable, table_names: list[str]) -> sql.Composed:
 
 def export_audit(
     conn: psycopg.Connection, audit: AuditTable, table_names: list[str], path: Path
-) -> int:
+) -> Written:
     """Write the ledger rows of `table_names` in `audit` (in the connection's current
-    transaction) to an Avro file; return how many."""
+    transaction) to an Avro file."""
     query = sql.SQL("select {} from {} where {} order by {}").format(
         selected(audit.fields),
         sql.Identifier("audit", audit.name),
@@ -144,23 +144,21 @@ def export_audit(
 
 
 def stage(conn: psycopg.Connection, audit: AuditTable, path: Path, table_names: list[str]) -> int:
-    """COPY a backup's `audit` rows that belong to `table_names` into a temporary table; return
-    how many records the file holds (every one is decoded, for the manifest's count)."""
+    """COPY a backup's `audit` rows into a temporary table and keep those that belong to
+    `table_names`; return how many records the file holds (every one is decoded, for the
+    manifest's count)."""
     conn.execute(
         sql.SQL("create temp table {} (like {}) on commit drop").format(
             audit.staged, sql.Identifier("audit", audit.name)
         )
     )
-    statement = sql.SQL("copy {} ({}) from stdin").format(
-        audit.staged, sql.SQL(", ").join(map(sql.Identifier, audit.names))
-    )
-    owner = audit.names.index("table_name") if "table_name" in audit.names else None
-    records = 0
-    with conn.cursor().copy(statement) as copy:
-        for row in read_records(path, audit.names):
-            records += 1
-            if owner is None or row[owner] in table_names:
-                copy.write_row(row)
+    records = import_file(conn, audit.staged, audit.fields, path)
+    if "table_name" in audit.names:
+        conn.execute(
+            sql.SQL("delete from {} where table_name not in ({})").format(
+                audit.staged, _names(table_names)
+            )
+        )
     return records
 
 

@@ -1,12 +1,16 @@
 """Restore core tables and their ledger from a backup, atomically: all of it in one
 transaction, or nothing.
 
-Rows are loaded with COPY into a temporary table, then the core table is made equal to it
-(upsert every backed-up row, delete every row the backup does not hold). Never TRUNCATE:
-a parent's rows still referenced by child rows block the restore, named in the message,
-unless the dependents are restored from the same backup too. In the same transaction the
-tables' ledger goes back to the backup's (backup/ledger.py), so the next run redoes the batches
-whose rows the restore took away instead of skipping them as settled.
+Before anything is imported, every file involved is checked: sha256 and schema against the
+manifest (store.verify_file) and the row count its blocks declare. Then, in the one
+transaction that holds the tables' exclusive locks, each core table is replaced as
+pg_restore fills one: its key and the foreign keys that touch it are set aside, its rows
+deleted (never TRUNCATE, which other sessions would see before the commit), the backup's
+rows copied in, the key rebuilt in one sort and the foreign keys re-validated in one pass
+each. A parent's rows still referenced by child rows block the restore, named in the
+message, unless the dependents are restored from the same backup too. In the same
+transaction the tables' ledger goes back to the backup's (backup/ledger.py), so the next run
+redoes the batches whose rows the restore took away instead of skipping them as settled.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from backup import ledger
-from backup.avro import UnreadableFile, columns_of, read_rows
+from backup.avro import UnreadableFile, declared_rows, fields_of, import_file
 from backup.store import (
     BackupError,
     BackupInfo,
@@ -54,106 +58,109 @@ class Restored:
     redo: int | None = None
 
 
-def _staged(table: Table) -> sql.Identifier:
-    return sql.Identifier(f"restore_{table.name}")
+@dataclass(frozen=True)
+class Constraint:
+    """A constraint set aside while a table is replaced, and how to put it back."""
 
+    schema: str
+    table: str
+    name: str
+    definition: str
+    kind: str  # "p" primary key, "u" unique, "f" foreign key
 
-def stage(conn: psycopg.Connection, table: Table, path: Path) -> int:
-    """COPY the backup's rows into a temporary table shaped like the core table; return how
-    many rows were staged."""
-    names = [column.name for column in columns_of(table)]
-    conn.execute(
-        sql.SQL("create temp table {} (like {}) on commit drop").format(
-            _staged(table), sql.Identifier("core", table.name)
-        )
-    )
-    statement = sql.SQL("copy {} ({}) from stdin").format(
-        _staged(table), sql.SQL(", ").join(map(sql.Identifier, names))
-    )
-    staged = 0
-    with conn.cursor().copy(statement) as copy:
-        for row in read_rows(path, table):
-            copy.write_row(row)
-            staged += 1
-    return staged
-
-
-def without_foreign_keys(conn: psycopg.Connection, table: Table) -> list[tuple[str, str]]:
-    """Drop the table's own foreign keys for the bulk write and return them to re-add.
-
-    Re-adding validates every row in one set-based pass instead of a trigger per row (as
-    pg_restore does); it all happens inside the restore's transaction, so nothing is ever
-    committed without them.
-    """
-    found = conn.execute(
-        "select conname, pg_get_constraintdef(oid) from pg_constraint "
-        "where conrelid = %s::regclass and contype = 'f'",
-        (f"core.{table.name}",),
-    ).fetchall()
-    for name, _ in found:
+    def drop(self, conn: psycopg.Connection) -> None:
         conn.execute(
             sql.SQL("alter table {} drop constraint {}").format(
-                sql.Identifier("core", table.name), sql.Identifier(name)
+                sql.Identifier(self.schema, self.table), sql.Identifier(self.name)
             )
         )
-    return found
 
-
-def with_foreign_keys(conn: psycopg.Connection, table: Table, keys: list[tuple[str, str]]) -> None:
-    for name, definition in keys:
+    def add(self, conn: psycopg.Connection) -> None:
         conn.execute(
             sql.SQL("alter table {} add constraint {} {}").format(
-                sql.Identifier("core", table.name), sql.Identifier(name), sql.SQL(definition)
+                sql.Identifier(self.schema, self.table),
+                sql.Identifier(self.name),
+                sql.SQL(self.definition),
             )
         )
+
+
+def set_aside(conn: psycopg.Connection, tables: list[Table]) -> list[Constraint]:
+    """Drop the tables' keys and every foreign key from or to them; return them, keys first,
+    in the order to add them back.
+
+    Re-adding builds each key in one sort and validates each foreign key in one set-based
+    pass instead of a trigger or an index insertion per row (as pg_restore does); it all
+    happens inside the restore's transaction, so nothing is ever committed without them.
+    """
+    names = [f"core.{table.name}" for table in tables]
+    found = conn.execute(
+        "select n.nspname, c.relname, k.conname, pg_get_constraintdef(k.oid), k.contype "
+        "from pg_constraint k join pg_class c on c.oid = k.conrelid "
+        "join pg_namespace n on n.oid = c.relnamespace "
+        "where (k.contype = 'f' and (k.conrelid = any(%(tables)s::regclass[]) "
+        "or k.confrelid = any(%(tables)s::regclass[]))) "
+        "or (k.contype in ('p', 'u') and k.conrelid = any(%(tables)s::regclass[])) "
+        "order by k.contype = 'f', n.nspname, c.relname, k.conname",
+        {"tables": names},
+    ).fetchall()
+    constraints = [Constraint(*row) for row in found]
+    for constraint in reversed(constraints):  # foreign keys before the keys they rest on
+        constraint.drop(conn)
+    return constraints
+
+
+def _old_keys(table: Table) -> sql.Identifier:
+    return sql.Identifier(f"restore_old_{table.name}")
+
+
+def empty(conn: psycopg.Connection, table: Table) -> None:
+    """Delete every row of core.<table>, keeping their keys to count what the restore
+    removes."""
+    names = {
+        "keys": _old_keys(table),
+        "target": sql.Identifier("core", table.name),
+        "key": sql.Identifier(table.primary_key),
+    }
+    conn.execute(
+        sql.SQL(
+            "create temp table {keys} on commit drop as select {key} from {target} limit 0"
+        ).format(**names)
+    )
+    conn.execute(
+        sql.SQL(
+            "with gone as (delete from {target} returning {key}) "
+            "insert into {keys} select {key} from gone"
+        ).format(**names)
+    )
+
+
+def removed(conn: psycopg.Connection, table: Table) -> int:
+    """How many of the rows the table held before the restore the backup does not hold."""
+    return conn.execute(
+        sql.SQL(
+            "select count(*) from {keys} o where not exists "
+            "(select 1 from {target} t where t.{key} = o.{key})"
+        ).format(
+            keys=_old_keys(table),
+            target=sql.Identifier("core", table.name),
+            key=sql.Identifier(table.primary_key),
+        )
+    ).fetchone()[0]
 
 
 def blocking_rows(conn: psycopg.Connection, parent: Table, child: Table) -> list[tuple]:
-    """Child rows whose parent id is not in the staged backup of `parent`."""
+    """Child rows whose parent id the restored `parent` does not hold."""
     foreign_key = next(c for c in child.foreign_keys if c.references == parent.name)
     query = sql.SQL(
         "select c.id, c.{fk} from {child} c where not exists "
-        "(select 1 from {staged} s where s.id = c.{fk}) order by c.id"
+        "(select 1 from {parent} p where p.id = c.{fk}) order by c.id"
     ).format(
         fk=sql.Identifier(foreign_key.name),
         child=sql.Identifier("core", child.name),
-        staged=_staged(parent),
+        parent=sql.Identifier("core", parent.name),
     )
     return conn.execute(query).fetchall()
-
-
-def upsert_rows(conn: psycopg.Connection, table: Table) -> int:
-    """Insert or update every staged row into core.<table>; return how many."""
-    names = [column.name for column in columns_of(table)]
-    updates = [name for name in names if name != table.primary_key]
-    return conn.execute(
-        sql.SQL(
-            "insert into {target} ({columns}) select {columns} from {staged} "
-            "on conflict ({key}) do update set {updates}"
-        ).format(
-            target=sql.Identifier("core", table.name),
-            staged=_staged(table),
-            key=sql.Identifier(table.primary_key),
-            columns=sql.SQL(", ").join(map(sql.Identifier, names)),
-            updates=sql.SQL(", ").join(
-                sql.SQL("{0} = excluded.{0}").format(sql.Identifier(name)) for name in updates
-            ),
-        )
-    ).rowcount
-
-
-def delete_missing(conn: psycopg.Connection, table: Table) -> int:
-    """Delete the core rows the staged backup does not hold; return how many."""
-    return conn.execute(
-        sql.SQL(
-            "delete from {target} t "
-            "where not exists (select 1 from {staged} s where s.{key} = t.{key})"
-        ).format(
-            target=sql.Identifier("core", table.name),
-            staged=_staged(table),
-            key=sql.Identifier(table.primary_key),
-        )
-    ).rowcount
 
 
 def refuse_if_blocked(conn: psycopg.Connection, table: Table, stamp: str) -> None:
@@ -176,7 +183,7 @@ def refuse_if_blocked(conn: psycopg.Connection, table: Table, stamp: str) -> Non
 
 
 def stage_file(backup: BackupInfo, entry: dict, staging: Callable[[Path], int]) -> None:
-    """Stage one file with `staging` (path → records read) and check its row count.
+    """Copy one file in with `staging` (path → records read) and check its row count.
 
     A file whose sha256 matches (its manifest checksum rewritten to match) but which does not
     decode, or whose values PostgreSQL refuses, ends in one BackupError naming it: the COPY is
@@ -201,12 +208,23 @@ def stage_file(backup: BackupInfo, entry: dict, staging: Callable[[Path], int]) 
         )
 
 
-def stage_backup(conn: psycopg.Connection, backup: BackupInfo, tables: list[Table]) -> None:
-    """Stage every file the restore needs, checking each against the manifest's row count."""
-    for each in tables:
-        stage_file(
-            backup, backup.tables[each.name], lambda path, each=each: stage(conn, each, path)
-        )
+def files_of(backup: BackupInfo, tables: list[Table]) -> list[dict]:
+    """The manifest entries of every file a restore of `tables` reads."""
+    entries = [backup.tables[each.name] for each in tables]
+    if backup.ledger is not None:
+        entries += [backup.ledger[audit.name] for audit in ledger.LEDGER]
+    return entries
+
+
+def check_row_counts(backup: BackupInfo, tables: list[Table]) -> None:
+    """Match each file's row count, as its blocks declare it, with the manifest's, before
+    anything is imported; decoding them later checks each block holds what it declares."""
+    for entry in files_of(backup, tables):
+        stage_file(backup, entry, declared_rows)
+
+
+def stage_ledger(conn: psycopg.Connection, backup: BackupInfo, tables: list[Table]) -> None:
+    """Copy the backup's ledger files into temporary tables (backup/ledger.py)."""
     if backup.ledger is not None:
         names = [each.name for each in tables]
         for audit in ledger.LEDGER:
@@ -217,16 +235,31 @@ def stage_backup(conn: psycopg.Connection, backup: BackupInfo, tables: list[Tabl
             )
 
 
-def swap_core(conn: psycopg.Connection, tables: list[Table]) -> tuple[dict, dict]:
-    """Make each core table equal to its staged backup; return rows upserted and deleted."""
-    keys = {each.name: without_foreign_keys(conn, each) for each in tables}
-    # Parents' rows first, so children find every id they need; deletions from the
-    # children up, so no parent row goes while a child still points at it.
-    upserted = {each.name: upsert_rows(conn, each) for each in tables}
-    deleted = {each.name: delete_missing(conn, each) for each in reversed(tables)}
+def swap_core(
+    conn: psycopg.Connection, backup: BackupInfo, tables: list[Table], with_dependents: bool
+) -> tuple[dict, dict]:
+    """Make each core table hold exactly its backup's rows; return rows written and rows
+    removed, per table."""
+    constraints = set_aside(conn, tables)
+    written = {}
     for each in tables:
-        with_foreign_keys(conn, each, keys[each.name])
-    return upserted, deleted
+        empty(conn, each)
+        target = sql.Identifier("core", each.name)
+        stage_file(
+            backup,
+            backup.tables[each.name],
+            lambda path, each=each, target=target: import_file(conn, target, fields_of(each), path),
+        )
+        written[each.name] = backup.tables[each.name]["rows"]
+    for constraint in constraints:
+        if constraint.kind != "f":
+            constraint.add(conn)
+    if not with_dependents:
+        refuse_if_blocked(conn, tables[0], backup.stamp)
+    for constraint in constraints:
+        if constraint.kind == "f":
+            constraint.add(conn)
+    return written, {each.name: removed(conn, each) for each in tables}
 
 
 def swap_ledger(conn: psycopg.Connection, backup: BackupInfo, tables: list[Table]) -> dict:
@@ -262,10 +295,11 @@ def restore_table(
     their ledger.
 
     The backup is refused first if its name is not a plain stamp or its manifest is unusable
-    (store.find_backup). Every file involved is checked (sha256 and schema against the
-    manifest), and decoded and counted as it is staged, before any row changes. Then, in the one
-    transaction that holds the tables' exclusive locks, the core rows and the ledger rows are
-    swapped in; any error leaves every table as it was.
+    (store.find_backup). Every file involved is checked (sha256, schema and the row count its
+    blocks declare, against the manifest) before any row changes, and decoded and counted
+    again as it is copied in. Then, in the one transaction that holds the tables' exclusive
+    locks, the core rows and the ledger rows are swapped in; any error leaves every table as
+    it was.
     """
     table = table_named(table_name)
     backup = find_backup(folder, stamp)
@@ -274,15 +308,14 @@ def restore_table(
         verify_file(backup, each.name)
     for audit in ledger.LEDGER if backup.ledger is not None else ():
         verify_ledger_file(backup, audit)
+    check_row_counts(backup, tables)
     with connect(url, autocommit=True) as setup:
         ensure_schemas(setup)  # a fresh database gets its tables; an old one, its migrations
     try:
         with connect(url) as conn, conn.transaction():
             lock_tables(conn, tables, exclusive=True)
-            stage_backup(conn, backup, tables)
-            if not with_dependents:
-                refuse_if_blocked(conn, table, backup.stamp)
-            upserted, deleted = swap_core(conn, tables)
+            stage_ledger(conn, backup, tables)
+            written, deleted = swap_core(conn, backup, tables, with_dependents)
             ledgers = swap_ledger(conn, backup, tables)
     except psycopg.errors.IntegrityError as error:
         raise BackupError(
@@ -290,7 +323,7 @@ def restore_table(
         ) from None
     return [
         Restored(
-            each.name, upserted[each.name], deleted[each.name], backup.stamp, **ledgers[each.name]
+            each.name, written[each.name], deleted[each.name], backup.stamp, **ledgers[each.name]
         )
         for each in tables
     ]

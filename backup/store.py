@@ -25,6 +25,7 @@ import psycopg
 from backup.avro import (
     CODEC,
     UnreadableFile,
+    Written,
     avro_schema,
     count_rows,
     export_table,
@@ -86,13 +87,14 @@ def new_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")[:-4] + "Z"
 
 
-def file_entry(path: Path, rows: int, schema: dict) -> dict:
-    """A file's manifest entry: what verify and restore check it against."""
+def file_entry(path: Path, written: Written, schema: dict) -> dict:
+    """A file's manifest entry: what verify and restore check it against (its sha256 taken
+    as it was written)."""
     return {
         "file": path.name,
-        "rows": rows,
-        "bytes": path.stat().st_size,
-        "sha256": file_sha256(path),
+        "rows": written.rows,
+        "bytes": written.bytes,
+        "sha256": written.sha256,
         "schema": schema,
     }
 
@@ -117,12 +119,12 @@ def create_backup(url: str, folder: Path, tables: list[Table] | None = None) -> 
                 snapshot_at = conn.execute("select now()").fetchone()[0]
                 for table in tables:
                     path = partial / f"{table.name}.avro"
-                    rows = export_table(conn, table, path)
-                    entries[table.name] = file_entry(path, rows, avro_schema(table))
+                    written = export_table(conn, table, path)
+                    entries[table.name] = file_entry(path, written, avro_schema(table))
                 for audit in LEDGER:
                     path = partial / audit.file_name
-                    rows = export_audit(conn, audit, names, path)
-                    ledger[audit.name] = file_entry(path, rows, audit.schema)
+                    written = export_audit(conn, audit, names, path)
+                    ledger[audit.name] = file_entry(path, written, audit.schema)
         manifest = {
             "format": FORMAT,
             "tool": "csv-migrate",

@@ -239,7 +239,7 @@ def test_a_restore_killed_halfway_leaves_the_table_as_it_was(loaded, folder):
         while not writing and restore.poll() is None:
             writing = watch.execute(
                 "select count(*) from pg_stat_activity where state = 'active' "
-                'and query like \'insert into "core"."hired_employees"%%\''
+                'and query like \'copy "core"."hired_employees" %%\''
             ).fetchone()[0]
             time.sleep(0.01)
     restore.send_signal(signal.SIGKILL)
