@@ -37,14 +37,14 @@ class Settings(BaseSettings):
     )
     policy: Policy = Field(default="reject_batch", alias="LOADER_POLICY")
     chunk_rows: int = Field(
-        default=50_000,
+        default=25_000,
         ge=1,
         alias="LOADER_CHUNK_ROWS",
         description="Rows validated in one GX pass (whole batches): GX's pandas frames are "
         "most of a run's memory (about 2 KB a row).",
     )
     land_rows: int = Field(
-        default=200_000,
+        default=100_000,
         ge=1,
         alias="LOADER_LAND_ROWS",
         description="Judged rows landed in raw by one dlt run (whole chunks): each run costs "
