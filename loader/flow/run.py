@@ -70,8 +70,13 @@ from loader.tables import BATCH_ID, TABLES, Table
 # run, whose memory must stay flat and small whatever the input's size.
 pa.set_memory_pool(pa.system_memory_pool())
 # glibc keeps freed heap pages for reuse; giving them back after each land keeps a long run's
-# resident memory from creeping up with fragmentation (absent elsewhere: a no-op there).
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None
+# resident memory from creeping up with fragmentation (glibc only: musl and other systems
+# have no malloc_trim, and nothing is trimmed there).
+_TRIM = getattr(
+    ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None,
+    "malloc_trim",
+    None,
+)
 
 Progress = Callable[[str, int], None]
 # Where a table's batches come from: a label for the summary, and a function that yields them
@@ -288,8 +293,8 @@ class Run:
                     self.raw.discard()
                 raise
         self.seconds["raw load"] += time.perf_counter() - started
-        if _LIBC is not None:
-            _LIBC.malloc_trim(0)
+        if _TRIM is not None:
+            _TRIM(0)
         self.kill.reach(AFTER_RAW_LOAD)
         return [
             (item.table, batch, item.verdicts.pop(batch.batch_id))
