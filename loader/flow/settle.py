@@ -28,7 +28,7 @@ from functools import cache
 import psycopg
 from psycopg import errors, sql
 
-from loader.db.locks import batch_lock, schema_lock, table_lock
+from loader.db.locks import schema_lock, settlement_locks
 from loader.flow.gate import Failure, Verdict
 from loader.flow.kill_points import AFTER_COMMIT, BEFORE_COMMIT, NOWHERE, KillPoints
 from loader.flow.read import RawBatch
@@ -240,7 +240,8 @@ def rejected_rows_statement(table: Table) -> sql.Composed:
     )
 
 
-LEDGER_UPSERT = """insert into audit.batches (batch_id, run_id, table_name, source, first_line,
+LEDGER_UPSERT = """with cleared as (delete from audit.rejected_rows where batch_id = %(batch_id)s)
+    insert into audit.batches (batch_id, run_id, table_name, source, first_line,
     last_line, rows_read, rows_promoted, rows_rejected, status, reasons, attempts)
     values (%(batch_id)s, %(run_id)s, %(table)s, %(source)s, %(first_line)s, %(last_line)s,
     %(rows)s, %(rows_promoted)s, %(rows_rejected)s, %(status)s, %(reasons)s::jsonb, %(attempts)s)
@@ -309,20 +310,33 @@ class Settler:
     def _settle_once(
         self, table: Table, batch: BatchInfo, verdict: Verdict, attempt: int
     ) -> Settlement:
+        try:
+            return self._settle_in_transaction(table, batch, verdict, attempt)
+        except REFUSED:
+            # PostgreSQL refused a row the rules let through: the transaction is gone, so
+            # settle again, this time finding such rows first. Rare, so the common path pays
+            # no savepoint for it.
+            return self._settle_in_transaction(table, batch, verdict, attempt, find_refused=True)
+
+    def _settle_in_transaction(
+        self,
+        table: Table,
+        batch: BatchInfo,
+        verdict: Verdict,
+        attempt: int,
+        find_refused: bool = False,
+    ) -> Settlement:
+        """Six round trips in all (begin, locks, ledger, upsert, ledger write, commit), plus one
+        for failing rows: a million rows are a thousand settlements."""
         with self.conn.transaction():
             earlier = self._lock_and_reread(table, batch)
             if earlier is not None:
                 return earlier
+            if find_refused:
+                verdict = self._with_refused_rows(table, batch, verdict)
             status, promotes = held_back(verdict, self.policy)
             if promotes:
-                try:
-                    with self.conn.transaction():
-                        self._upsert(table, batch, verdict)
-                except REFUSED:
-                    verdict = self._with_refused_rows(table, batch, verdict)
-                    status, promotes = held_back(verdict, self.policy)
-                    if promotes:
-                        self._upsert(table, batch, verdict)
+                self._upsert(table, batch, verdict)
             held = len(verdict.failing_rows) if promotes else batch.rows
             settlement = Settlement(
                 batch, status, batch.rows - held, held, reasons(verdict), attempts=attempt
@@ -334,9 +348,9 @@ class Settler:
 
     def _lock_and_reread(self, table: Table, batch: BatchInfo) -> Settlement | None:
         """Inside the settlement's transaction: take the table's and the batch's locks, then
-        read the ledger again; the earlier settlement if someone settled the batch meanwhile."""
-        table_lock(self.conn, table.name)
-        batch_lock(self.conn, batch.batch_id)
+        read the ledger again (a statement of its own, so that its snapshot is taken once the
+        locks are held); the earlier settlement if someone settled the batch meanwhile."""
+        settlement_locks(self.conn, table.name, batch.batch_id)
         return recorded(self.conn, batch)
 
     def _parameters(self, batch: BatchInfo, verdict: Verdict, only: int | None = None) -> dict:
@@ -395,9 +409,6 @@ class Settler:
     def _write_ledger(self, table: Table, settlement: Settlement, verdict: Verdict) -> None:
         record = settlement.record(self.run_id)
         self.conn.execute(LEDGER_UPSERT, {**record, "reasons": json.dumps(record["reasons"])})
-        self.conn.execute(
-            "delete from audit.rejected_rows where batch_id = %s", (settlement.batch.batch_id,)
-        )
         if not verdict.failing_rows:
             return
         failures = {
