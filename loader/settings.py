@@ -37,11 +37,11 @@ class Settings(BaseSettings):
     )
     policy: Policy = Field(default="reject_batch", alias="LOADER_POLICY")
     chunk_rows: int = Field(
-        default=25_000,
+        default=50_000,
         ge=1,
         alias="LOADER_CHUNK_ROWS",
-        description="Rows validated in one GX pass (whole batches): GX's pandas frames are "
-        "most of a run's memory (about 2 KB a row).",
+        description="Rows validated in one GX pass (whole batches): each pass costs about "
+        "0.25 s whatever its size, and the chunk's frames about 1 KB a row at the peak.",
     )
     land_rows: int = Field(
         default=100_000,

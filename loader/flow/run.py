@@ -16,10 +16,7 @@ own, has found the input whole.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +32,7 @@ from psycopg import sql
 from loader.db.connect import DatabaseUnavailable, connect, database_url, reason_of, redact
 from loader.db.locks import run_lock, try_run_lock
 from loader.db.schema import ensure_schemas
+from loader.flow import heap
 from loader.flow.gate import Gate, Verdict
 from loader.flow.kill_points import AFTER_RAW_LOAD, AFTER_VERDICT, KillPoints
 from loader.flow.prescan import StructureCheck
@@ -64,19 +62,6 @@ from loader.flow.summary import RunSummary, TableSummary
 from loader.marts.build import build_marts
 from loader.settings import EXPECTATIONS_DIR, Settings
 from loader.tables import BATCH_ID, TABLES, Table
-
-# pyarrow's default pool (mimalloc) keeps what Arrow frees for Arrow alone; the system pool
-# hands it back to malloc, where pandas, GX and dlt reuse it: about 50 MB less at the peak of a
-# run, whose memory must stay flat and small whatever the input's size.
-pa.set_memory_pool(pa.system_memory_pool())
-# glibc keeps freed heap pages for reuse; giving them back after each land keeps a long run's
-# resident memory from creeping up with fragmentation (glibc only: musl and other systems
-# have no malloc_trim, and nothing is trimmed there).
-_TRIM = getattr(
-    ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None,
-    "malloc_trim",
-    None,
-)
 
 Progress = Callable[[str, int], None]
 # Where a table's batches come from: a label for the summary, and a function that yields them
@@ -293,8 +278,7 @@ class Run:
                     self.raw.discard()
                 raise
         self.seconds["raw load"] += time.perf_counter() - started
-        if _TRIM is not None:
-            _TRIM(0)
+        heap.trim()
         self.kill.reach(AFTER_RAW_LOAD)
         return [
             (item.table, batch, item.verdicts.pop(batch.batch_id))
@@ -359,31 +343,34 @@ class Run:
     def _judged(
         self, item: TableWork, batches: list[RawBatch], known: dict[str, list[int]]
     ) -> tuple[pa.Table, list[BatchInfo]]:
+        """Judge `batches` (emptied here: once in Arrow, their Python copies of the rows, about
+        five times the Arrow size, are freed before GX builds its frames); the rows still to
+        land and the batches' infos."""
         started = time.perf_counter()
         chunk = to_arrow(item.table, batches, self.run_id)
         self.seconds["read"] += time.perf_counter() - started
-        started = time.perf_counter()
-        referenced = {
-            column.references: known[column.references] for column in item.table.foreign_keys
-        }
-        verdicts = self.gate.check(
-            item.table, chunk, [batch.batch_id for batch in batches], referenced
-        )
-        self.seconds["validate"] += time.perf_counter() - started
-        self.kill.reach(AFTER_VERDICT)
-        item.verdicts.update(verdicts)
+        batch_ids = [batch.batch_id for batch in batches]
         landed = raw_copies(
             self.conn, item.table, {batch.batch_id: batch.rows for batch in batches}
         )
         infos = [BatchInfo.of(batch, landed.get(batch.batch_id)) for batch in batches]
+        parents = list(batches) if item.table.name in known else []
+        batches.clear()
+        started = time.perf_counter()
+        referenced = {
+            column.references: known[column.references] for column in item.table.foreign_keys
+        }
+        verdicts = self.gate.check(item.table, chunk, batch_ids, referenced)
+        self.seconds["validate"] += time.perf_counter() - started
+        self.kill.reach(AFTER_VERDICT)
+        item.verdicts.update(verdicts)
         item.batches += infos
-        if item.table.name in known:
-            for batch in batches:
-                known[item.table.name] += accepted_ids(
-                    item.table, batch, verdicts[batch.batch_id], self.policy
-                )
+        for batch in parents:
+            known[item.table.name] += accepted_ids(
+                item.table, batch, verdicts[batch.batch_id], self.policy
+            )
         with self._tally:
-            item.summary.batches_read += len(batches)
+            item.summary.batches_read += len(infos)
             item.summary.batches_reused += len(landed)
         if landed:
             unlanded = pc.invert(pc.is_in(chunk[BATCH_ID], pa.array(list(landed))))
