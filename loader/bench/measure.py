@@ -5,10 +5,13 @@ A step is a function `prepare(job) -> Work` named "module:function". The child p
 it and calls it (imports, servers starting, untimed), then times `Work.run()` alone and calls
 `Work.finish()` (untimed). The peak is the high-water mark of resident memory (VmHWM) of the
 step's own process, or, when the step's Python only drives programs (psql, pg_dump, the API
-server), the highest of theirs, read from /proc while they run. Not `getrusage`: Linux carries
-a parent's peak into a child's `ru_maxrss` across fork and exec, so a psql started from a
-300 MB Python would report 300 MB. A fresh interpreter per step keeps one step's imports and
-memory out of the next one's peak. PostgreSQL's own processes are not counted for any step.
+server), the highest of theirs, read from /proc while they run, or, when its work is spread
+over processes it starts (a Dask LocalCluster's workers), its own plus each of theirs: at most
+what the machine holds for it at once (their peaks need not fall together). Not `getrusage`:
+Linux carries a parent's peak into a child's `ru_maxrss` across fork and exec, so a psql
+started from a 300 MB Python would report 300 MB. A fresh interpreter per step keeps one step's
+imports and memory out of the next one's peak. PostgreSQL's own processes are not counted for
+any step.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 PROCESS = "process"  # the step's own process does the work
 PROGRAMS = "programs"  # the programs it started do it: the step's Python only drives them
+TREE = "tree"  # the step's process and those it starts (a LocalCluster's workers), summed
 TAIL_LINES = 5
 WATCH_SECONDS = 0.005
+TREE_WATCH_SECONDS = 0.1  # workers live for the whole run: a look now and then is enough
 program_peaks: list[float] = []  # MB, one per program this process ran (one step per process)
 
 
@@ -145,13 +151,46 @@ def sample_peaks(process: subprocess.Popen, peaks: list[float]) -> None:
         time.sleep(WATCH_SECONDS)
 
 
+@contextmanager
+def descendants_watched() -> Iterator[None]:
+    """Note the peak of every process started from this one while inside (and of theirs): a
+    LocalCluster's workers, for a TREE step.
+
+    Each one's VmHWM, read every TREE_WATCH_SECONDS while it lives: a high-water mark, so only
+    growth in a process's last moments could be missed, and a cluster's workers sit idle from
+    their last task until the cluster closes. Not the `ru_maxrss` of the reaped children: it is
+    the largest one's (not their sum), and carries this process's peak across fork and exec.
+    """
+    peaks: dict[int, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_descendants, args=(peaks, stop), daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        program_peaks.extend(peaks.values())
+
+
+def watch_descendants(peaks: dict[int, float], stop: threading.Event) -> None:
+    import psutil  # distributed's own dependency, there wherever a cluster can start
+
+    this = psutil.Process()
+    while not stop.wait(TREE_WATCH_SECONDS):
+        for process in this.children(recursive=True):
+            peak = high_water_mb(process.pid)
+            if peak is not None:
+                peaks[process.pid] = peak
+
+
 def peak_rss_mb(peak_of: str) -> float:
     if peak_of == PROGRAMS:
         return max(program_peaks, default=0.0)
     own = high_water_mb()
     if own is None:  # no /proc: getrusage, which may count a parent's memory too
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
-    return own
+    return own + sum(program_peaks) if peak_of == TREE else own
 
 
 def main(step: str, job_file: str, result_file: str) -> None:

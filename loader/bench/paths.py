@@ -9,22 +9,30 @@ from pathlib import Path
 
 from psycopg import sql
 
-from loader.bench.measure import Work
+from loader.bench.measure import TREE, Work, descendants_watched
 from loader.db.connect import connect
 from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES, JOBS
 
 
 def load_files(job: dict) -> Work:
-    """`python -m loader run --skip-marts` on job["input_dir"], into a fresh database."""
+    """`python -m loader run --skip-marts [--workers N]` on job["input_dir"], into a fresh
+    database: in this process, or with job["workers"] on a LocalCluster of that many
+    single-threaded processes, started and closed inside the timed work as `run` does; their
+    peaks then count in the step's (TREE)."""
     from loader.flow.run import run_files
     from loader.settings import Settings
 
+    # Given, not read from the environment: LOADER_WORKERS there would put the in-process run
+    # on a cluster, and LOADER_SCHEDULER would refuse the LocalCluster's.
+    workers = job.get("workers")
     settings = Settings(
         database_url=job["url"],
         state_dir=Path(job["state_dir"]),
         input_dir=Path(job["input_dir"]),
         batch_size=job["batch_size"],
         build_marts=False,
+        workers=workers,
+        scheduler=None,
     )
 
     def run() -> None:
@@ -33,7 +41,11 @@ def load_files(job: dict) -> Work:
         if summary.status != "completed" or failed:
             raise RuntimeError(f"the run ended {summary.status} with {failed} failed batches")
 
-    return Work(run)
+    def run_watched() -> None:
+        with descendants_watched():
+            run()
+
+    return Work(run_watched, TREE) if workers else Work(run)
 
 
 def build_marts(job: dict) -> Work:

@@ -3,7 +3,9 @@ one table and written as JSON.
 
 A ratio is taken as the issue's targets are stated: a step's seconds over its reference's
 seconds (lower is better; per row, should their rows differ), except for `api`, whose ratio is
-its rows/s over `loader_same_rows`' rows/s (higher is better). A reference's own ratio is 1.
+its rows/s over `loader_same_rows`' rows/s (higher is better). A reference's own ratio is 1,
+unless it has a reference of its own: `loader` is measured against `reference`, and is the one
+`loader_workers_N` is measured against.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from rich.table import Table as RichTable
 from loader.bench.measure import Measurement
 
 SECONDS, THROUGHPUT = "seconds", "rows/s"
+# The workers of `run --workers N` whose LocalCluster run (LOADER_WORKERS) the bench measures
+# against the in-process one (`loader`): what more workers than one buy on the machine.
+WORKERS = 2
+LOADER_WORKERS = f"loader_workers_{WORKERS}"
 NAMES = (
     "reference",
     "pgloader",
     "loader",
+    LOADER_WORKERS,
     "dbt",
     "backup",
     "pg_dump",
@@ -37,6 +44,7 @@ NAMES = (
 REFERENCE_OF = {
     "pgloader": ("reference", SECONDS),
     "loader": ("reference", SECONDS),
+    LOADER_WORKERS: ("loader", SECONDS),
     "backup": ("pg_dump", SECONDS),
     "restore": ("pg_restore", SECONDS),
     "api": ("loader_same_rows", THROUGHPUT),
@@ -81,9 +89,7 @@ def with_ratios(results: list[Result]) -> list[Result]:
     for result in results:
         if result.seconds is None:
             continue
-        if result.name in REFERENCES:
-            result.ratio = 1.0
-        elif result.name in REFERENCE_OF:
+        if result.name in REFERENCE_OF:  # first: loader is a reference and has one
             name, kind = REFERENCE_OF[result.name]
             reference = by_name.get(name)
             if reference is None or not reference.rows_per_s:
@@ -93,6 +99,8 @@ def with_ratios(results: list[Result]) -> list[Result]:
                 if kind == THROUGHPUT
                 else reference.rows_per_s / result.rows_per_s
             )
+        elif result.name in REFERENCES:
+            result.ratio = 1.0
     return results
 
 

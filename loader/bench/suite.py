@@ -20,7 +20,7 @@ from loader.bench.api import CLIENTS
 from loader.bench.measure import Measurement, measure
 from loader.bench.paths import core_rows, prepare_restore_target
 from loader.bench.references import clean_copy, prepare_pgloader, prepare_reference
-from loader.bench.report import NAMES, Result, summarise, with_ratios
+from loader.bench.report import LOADER_WORKERS, NAMES, WORKERS, Result, summarise, with_ratios
 from loader.bench.scratch import Scratch, refuse_beside_data
 from loader.db.connect import database_url
 from loader.sample import write_sample
@@ -117,6 +117,7 @@ class Bench:
         try:
             self.references(folder)
             self.load_and_copy(folder)
+            self.on_workers(folder)
             self.api(folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -145,8 +146,11 @@ class Bench:
             )
             self.scratch.drop(url)
 
-    def load_files(self, name: str, folder: Path, input_dir: Path) -> str:
-        """A fresh database loaded from `input_dir` by a file run without dbt; its URL."""
+    def load_files(
+        self, name: str, folder: Path, input_dir: Path, workers: int | None = None
+    ) -> str:
+        """A fresh database loaded from `input_dir` by a file run without dbt, in the step's
+        process or on a LocalCluster of `workers` processes; its URL."""
         url = self.scratch.create(f"{name}_{self.round}")
         self.step(
             name,
@@ -155,6 +159,7 @@ class Bench:
             state_dir=str(folder / f"state-{name}"),
             input_dir=str(input_dir),
             batch_size=self.plan.batch_size,
+            workers=workers,
         )
         return url
 
@@ -177,6 +182,11 @@ class Bench:
             self.step(name, step, url=target, **job)
             self.scratch.drop(target)
         self.scratch.drop(url)
+
+    def on_workers(self, folder: Path) -> None:
+        """loader_workers_N: loader's file run again, on the LocalCluster `run --workers N`
+        starts (its start inside the clock, as a user waits for it)."""
+        self.scratch.drop(self.load_files(LOADER_WORKERS, folder, self.inputs.sample, WORKERS))
 
     def api(self, folder: Path) -> None:
         """api on a database holding the parents, then loader_same_rows on a fresh one."""

@@ -21,6 +21,7 @@ NAMES = [
     "reference",
     "pgloader",
     "loader",
+    "loader_workers_2",
     "dbt",
     "backup",
     "pg_dump",
@@ -87,6 +88,7 @@ def test_every_step_is_measured_against_its_reference(database_url, tmp_path):
 
     for name, reference in [
         ("loader", "reference"),
+        ("loader_workers_2", "loader"),
         ("backup", "pg_dump"),
         ("restore", "pg_restore"),
     ]:
@@ -101,9 +103,13 @@ def test_every_step_is_measured_against_its_reference(database_url, tmp_path):
     for reference in ("reference", "pg_dump", "pg_restore", "loader_same_rows"):
         assert results[reference]["ratio_to_reference"] == 1
     assert results["dbt"]["ratio_to_reference"] is None
+    # the workers step's peak is its driver's plus each worker's, every one of them importing
+    # GX and dlt: more than the in-process run's alone
+    assert results["loader_workers_2"]["peak_rss_mb"] > results["loader"]["peak_rss_mb"]
 
     # the same results as a table on stdout; its scratch databases are gone, its own untouched
     assert re.search(r"loader\s+2,000\s+[\d.]+\s+[\d,]+\s+[\d,]+\s+[\d.]+\s+reference", done.stdout)
+    assert re.search(r"loader_workers_2\s+2,000\s+[\d.]+\s+.*\s+loader \(seconds\)", done.stdout)
     prefix = re.search(r"working in databases (bench_[0-9a-f]+)_", done.stderr).group(1)
     assert databases_named(database_url, prefix) == []
     assert loader_schemas(database_url) == []
