@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         description="Run on the Dask cluster of this scheduler (tcp://HOST:8786); its workers "
         "must read the input and state folders at the same paths.",
     )
+    settle_connections: int = Field(
+        default=2,
+        ge=1,
+        alias="LOADER_SETTLE_CONNECTIONS",
+        description="Connections a run settles each land of batches on at once (batches "
+        "that may share an id stay on one, in file order).",
+    )
     task_rows: int = Field(
         default=200_000,
         ge=1,

@@ -6,7 +6,8 @@ The same run as `run.run_files`, with reading, judging and landing spread over w
 2. judge: tasks of whole batches (`tasks.judge_share`), the tables others reference first;
    their accepted ids are broadcast to the workers for the reference rule of the rest;
 3. settle: only once every task has been judged (a malformed line anywhere stops the run with
-   nothing promoted), through the one settlement engine, in file order, on the driver.
+   nothing promoted), through the one settlement engine, on the driver: table after table, a
+   table's batches on several connections at once (`settling.py`).
 
 Batch ids, lines, verdicts, ledger rows and counts are those of a sequential run. The input
 must be readable at the same absolute path by every worker (a shared folder), and so must the
@@ -24,7 +25,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from loader.db.connect import connect
 from loader.flow.ranges import count_piece, cut, place, shares
 from loader.flow.run import (
     Progress,
@@ -174,20 +174,27 @@ class ClusterRun(Run):
             self.gate.validated += result.validated
 
     def _settle(self, results: list[TaskResult]) -> None:
-        """Every unsettled batch through the settlement engine, in file order."""
+        """Every unsettled batch through the settlement engine, table after table, each on
+        `settle_connections` connections at once (`settling.SettleLine`)."""
         tables = {table.name: table for table in TABLES}
         landed = [
-            (tables[result.table], judged.batch, judged.verdict)
+            (tables[result.table], judged.batch, judged.verdict, judged.keys)
             for result in results
             for judged in result.batches
             if judged.earlier not in SETTLED
         ]
-        with connect(self.url, autocommit=True) as conn:
-            line = SettleLine(conn, self.run_id, self.policy, self.kill, self._settled)
-            with line:
-                line.put(landed)
-                line.close()
-            self.seconds["promote"] += line.seconds
+        line = SettleLine(
+            self.url,
+            self.settings.settle_connections,
+            self.run_id,
+            self.policy,
+            self.kill,
+            self._settled,
+        )
+        with line:
+            line.put(landed)
+            line.close()
+        self.seconds["promote"] += line.seconds
 
 
 class LoadOnCluster:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -35,6 +35,7 @@ from loader.db.schema import ensure_schemas
 from loader.flow import heap
 from loader.flow.gate import Gate, Verdict
 from loader.flow.kill_points import AFTER_RAW_LOAD, AFTER_VERDICT, KillPoints
+from loader.flow.lanes import Keys, key_ranges
 from loader.flow.prescan import StructureCheck
 from loader.flow.raw import RawLoader
 from loader.flow.read import InputError, RawBatch, ReadCounts, read_batches, to_arrow
@@ -68,7 +69,7 @@ Progress = Callable[[str, int], None]
 # while filling in the counts it met.
 Source = tuple[str, Callable[[ReadCounts], Iterable[RawBatch]]]
 # A batch landed in raw and judged, ready to settle.
-Landed = tuple[Table, BatchInfo, Verdict]
+Landed = tuple[Table, BatchInfo, Verdict, Keys]
 
 
 # How long a waiting run gives the run it waits for to write its audit.runs row, to name it.
@@ -87,6 +88,7 @@ class TableWork:
     summary: TableSummary
     batches: list[BatchInfo]
     verdicts: dict[str, Verdict]
+    keys: dict[str, Keys] = field(default_factory=dict)  # each batch's key range: its lane
 
 
 def input_files(input_dir: Path) -> dict[str, Path]:
@@ -215,12 +217,18 @@ class Run:
         if structure_checked is None:
             self._judge_land_settle(work, sources, ledger, known, None, self._settle_here)
             return
-        with connect(self.raw.url, autocommit=True) as conn:
-            line = SettleLine(conn, self.run_id, self.policy, self.kill, self._settled)
-            with line:
-                self._judge_land_settle(work, sources, ledger, known, structure_checked, line.put)
-                line.close()
-            self.seconds["promote"] += line.seconds
+        line = SettleLine(
+            self.raw.url,
+            self.settings.settle_connections,
+            self.run_id,
+            self.policy,
+            self.kill,
+            self._settled,
+        )
+        with line:
+            self._judge_land_settle(work, sources, ledger, known, structure_checked, line.put)
+            line.close()
+        self.seconds["promote"] += line.seconds
 
     def finish(self, error: BaseException | None = None) -> RunSummary:
         """Close the run's row (`completed`, or `failed` with the error) and return its summary.
@@ -281,7 +289,7 @@ class Run:
         heap.trim()
         self.kill.reach(AFTER_RAW_LOAD)
         return [
-            (item.table, batch, item.verdicts.pop(batch.batch_id))
+            (item.table, batch, item.verdicts.pop(batch.batch_id), item.keys.pop(batch.batch_id))
             for item, _, batches in judged
             for batch in batches
         ]
@@ -289,7 +297,7 @@ class Run:
     def _settle_here(self, landed: list[Landed]) -> None:
         started = time.perf_counter()
         settler = Settler(self.conn, self.run_id, self.policy, self.kill)
-        for table, batch, verdict in landed:
+        for table, batch, verdict, _ in landed:
             self._settled(table, settler.settle(table, batch, verdict))
         self.seconds["promote"] += time.perf_counter() - started
 
@@ -348,6 +356,7 @@ class Run:
         land and the batches' infos."""
         started = time.perf_counter()
         chunk = to_arrow(item.table, batches, self.run_id)
+        keys = key_ranges(item.table, chunk)
         self.seconds["read"] += time.perf_counter() - started
         batch_ids = [batch.batch_id for batch in batches]
         landed = raw_copies(
@@ -364,6 +373,7 @@ class Run:
         self.seconds["validate"] += time.perf_counter() - started
         self.kill.reach(AFTER_VERDICT)
         item.verdicts.update(verdicts)
+        item.keys.update(keys)
         item.batches += infos
         for batch in parents:
             known[item.table.name] += accepted_ids(

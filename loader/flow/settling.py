@@ -1,21 +1,23 @@
-"""Settlement beside reading: landed batches are settled in order by a thread of its own, on a
-connection of its own, while the run's thread reads and judges the next chunk.
+"""Settlement beside reading: landed batches are settled by a thread of their own, on
+connections of their own, while the run's thread reads and judges the next chunk.
 
 Judging is Python's work and settling is PostgreSQL's, which is another process: on two cores
-they overlap almost fully (issue 12's profile: read + validate + raw load about as long as
-promotion). Order is kept (one thread, first in first out), so departments and jobs are settled
-before the hires that reference them. Each batch is still its own transaction through
-`Settler.settle`; the line adds no state of its own, so a crash anywhere leaves what the ledger
-says and nothing else.
+they overlap, and once the run's thread has judged everything the settling still has cores to
+use. So each land is settled on `settle_connections` connections at once, cut into lanes by
+`lanes.lanes` (batches that may share a key on one connection, in file order), one table after
+another: departments and jobs are in core before a hire that references them is settled. A land
+is settled whole before the next one starts, so the lanes of two lands never overlap either.
+Each batch is still its own transaction through `Settler.settle`; the line adds no state of its
+own, so a crash anywhere leaves what the ledger says and nothing else.
 
 A failure on the line (the database gone, a bug) is raised in the run's thread at its next
-`put` or at `close`; once one happened nothing more is settled. A failure in the run's thread
-stops the line after the batch it is settling.
+`put` or at `close`; once one happened nothing more is settled (the other lanes stop after
+their current batch). A failure in the run's thread stops the line after the batches being
+settled.
 
-The line holds at most QUEUED_LANDS lands waiting: where settling is slower than judging (it is,
-on two cores), an unbounded queue would hold the verdicts of every batch judged ahead, and a
-10M-row run's peak grew to 580 MB with them; bounded, the run's thread waits instead and its
-memory stays flat.
+The line holds at most QUEUED_LANDS lands waiting: settling is the slower side on two cores,
+and the run's thread waits for room rather than holding the verdicts of everything it judged
+ahead.
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from itertools import groupby
 from types import TracebackType
 
-import psycopg
-
+from loader.db.connect import connect
 from loader.flow.gate import Verdict
 from loader.flow.kill_points import KillPoints
+from loader.flow.lanes import Keys, lanes
 from loader.flow.settle import BatchInfo, Settlement, Settler
 from loader.tables import Table
 
-Item = tuple[Table, BatchInfo, Verdict]
+Item = tuple[Table, BatchInfo, Verdict, Keys]
 Settled = Callable[[Table, Settlement], None]
 DONE = None
 QUEUED_LANDS = 2
@@ -41,20 +45,23 @@ OFFER_SECONDS = 0.1
 
 
 class SettleLine:
-    """Settles the batches `put` to it, in order, on `conn` in a thread of its own."""
+    """Settles the batches `put` to it, land after land, on `connections` connections to `url`
+    in threads of its own."""
 
     def __init__(
         self,
-        conn: psycopg.Connection,
+        url: str,
+        connections: int,
         run_id: str,
         policy: str,
         kill: KillPoints,
         settled: Settled,
     ):
-        self.conn = conn
-        self.settler = Settler(conn, run_id, policy, kill)
+        self.conns = [connect(url, autocommit=True) for _ in range(connections)]
+        self.settlers = [Settler(conn, run_id, policy, kill) for conn in self.conns]
         self.settled = settled
-        self.seconds = 0.0  # busy settling, for the summary's "promote"
+        self.seconds = 0.0  # settling, for the summary's "promote"
+        self._lanes = ThreadPoolExecutor(max(1, connections - 1), thread_name_prefix="settle-lane")
         self._queue: queue.Queue[list[Item] | None] = queue.Queue(QUEUED_LANDS)
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -62,7 +69,7 @@ class SettleLine:
         self._thread.start()
 
     def put(self, items: list[Item]) -> None:
-        """Queue landed batches for settlement, waiting while QUEUED_LANDS wait already;
+        """Queue one land's batches for settlement, waiting while QUEUED_LANDS wait already;
         raises what the line failed with, if it did."""
         self._raise_failure()
         self._offer(items)
@@ -71,14 +78,14 @@ class SettleLine:
     def close(self) -> None:
         """Wait until every queued batch is settled; raises what the line failed with."""
         self._offer(DONE)
-        self._thread.join()
+        self._end()
         self._raise_failure()
 
     def stop(self) -> None:
-        """Settle nothing more (the batch being settled finishes its transaction) and wait."""
+        """Settle nothing more (the batches being settled finish their transactions) and wait."""
         self._stop.set()
         self._offer(DONE)
-        self._thread.join()
+        self._end()
 
     def _offer(self, items: list[Item] | None) -> None:
         """Queue `items` once there is room, unless the line has ended (failed or stopped):
@@ -89,6 +96,12 @@ class SettleLine:
                 return
             except queue.Full:
                 continue
+
+    def _end(self) -> None:
+        self._thread.join()
+        self._lanes.shutdown()
+        for conn in self.conns:
+            conn.close()
 
     def __enter__(self) -> SettleLine:
         return self
@@ -109,12 +122,41 @@ class SettleLine:
     def _settle_all(self) -> None:
         try:
             while (items := self._queue.get()) is not DONE:
-                for table, batch, verdict in items:
-                    if self._stop.is_set():
-                        return
-                    started = time.perf_counter()
-                    settlement = self.settler.settle(table, batch, verdict)
-                    self.seconds += time.perf_counter() - started
-                    self.settled(table, settlement)
+                started = time.perf_counter()
+                for _, batches in groupby(items, key=lambda item: item[0].name):
+                    self._settle_table(list(batches))
+                self.seconds += time.perf_counter() - started
         except BaseException as error:  # noqa: BLE001 - handed to the run's thread, raised there
             self._error = error
+
+    def _settle_table(self, items: list[Item]) -> None:
+        """One table's batches of a land, its lanes at once; returns when all are settled."""
+        split = lanes(
+            items, [item[3] for item in items], [item[1].rows for item in items], len(self.settlers)
+        )
+        others = [
+            self._lanes.submit(self._settle_lane, settler, lane)
+            for settler, lane in zip(self.settlers[1:], split[1:], strict=False)
+        ]
+        try:
+            if split:
+                self._settle_lane(self.settlers[0], split[0])
+        finally:
+            wait(others)
+        for lane in others:
+            lane.result()
+
+    def _settle_lane(self, settler: Settler, items: list[Item]) -> None:
+        try:
+            for table, batch, verdict, _ in _until(self._stop, items):
+                self.settled(table, settler.settle(table, batch, verdict))
+        except BaseException:
+            self._stop.set()  # the other lanes stop after their current batch
+            raise
+
+
+def _until(stop: threading.Event, items: list[Item]) -> Iterator[Item]:
+    for item in items:
+        if stop.is_set():
+            return
+        yield item

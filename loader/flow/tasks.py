@@ -30,6 +30,7 @@ from psycopg import sql
 
 from loader.db.connect import connect
 from loader.flow.gate import Gate, Verdict
+from loader.flow.lanes import Keys, key_ranges
 from loader.flow.ranges import Share, read_share
 from loader.flow.raw import RawLoader
 from loader.flow.read import RawBatch, to_arrow
@@ -59,6 +60,7 @@ class Judged:
     batch: BatchInfo
     earlier: str | None
     verdict: Verdict | None
+    keys: Keys = None  # smallest and largest id it may promote: its settle lane
 
 
 @dataclass
@@ -90,7 +92,7 @@ def judge_share(
         earlier = _ledger_states(conn, [batch.batch_id for batch in batches])
         pending = [batch for batch in batches if earlier.get(batch.batch_id) not in SETTLED]
         referenced = {c.references: (known or {})[c.references] for c in table.foreign_keys}
-        verdicts, accepted, chunks = {}, [], []
+        verdicts, accepted, chunks, keys = {}, [], [], {}
         for part in _chunked(pending, job.chunk_rows):
             started = time.perf_counter()
             chunk = to_arrow(table, part, job.run_id)
@@ -100,6 +102,7 @@ def judge_share(
             seconds["validate"] += time.perf_counter() - started
             verdicts.update(found)
             chunks.append(chunk)
+            keys.update(key_ranges(table, chunk))
             for batch in part:
                 accepted += accepted_ids(table, batch, found[batch.batch_id], job.policy)
         started = time.perf_counter()
@@ -111,6 +114,7 @@ def judge_share(
             _info(batch, copies.get(batch.batch_id), job.run_id),
             earlier.get(batch.batch_id),
             verdicts.get(batch.batch_id),
+            keys.get(batch.batch_id),
         )
         for batch in batches
     ]

@@ -20,6 +20,9 @@ from tests.conftest import with_database
 ROWS = 3000
 BATCH_SIZE = 100
 TASK_ROWS = 500  # six tasks of hires: several per worker, and some to kill a worker in
+# An id written again 2,250 lines after its first row, under another name: a sequential run
+# keeps the later row, so settling on several connections must settle the two in file order.
+REPEATED_AT, REPEATED_ID, REPEATED_NAME = 2500, 250, "Written Later"
 COUNTS = ("tables", "batch_size", "policy", "status", "input")
 
 
@@ -27,6 +30,10 @@ COUNTS = ("tables", "batch_size", "policy", "status", "input")
 def cluster_sample(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cluster-sample")
     write_sample(folder, rows=ROWS)
+    path = folder / "hired_employees.csv"
+    lines = path.read_bytes().split(b"\r\n")
+    lines.insert(REPEATED_AT, f"{REPEATED_ID},{REPEATED_NAME},2021-03-01T10:00:00Z,1,1".encode())
+    path.write_bytes(b"\r\n".join(lines))
     return folder
 
 

@@ -12,7 +12,14 @@ import pytest
 from distributed import LocalCluster
 
 from loader.flow.run import run_files
-from tests.cluster.conftest import TASK_ROWS, counts, settings, snapshot
+from tests.cluster.conftest import (
+    REPEATED_ID,
+    REPEATED_NAME,
+    TASK_ROWS,
+    counts,
+    settings,
+    snapshot,
+)
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.cluster
@@ -37,6 +44,11 @@ def test_a_cluster_run_equals_the_sequential_run(
     )
     assert snapshot(url) == expected["database"]
     assert counts(summary.as_dict()) == expected["summary"]
+    with psycopg.connect(url) as conn:
+        (name,) = conn.execute(
+            "select name from core.hired_employees where id = %s", (REPEATED_ID,)
+        ).fetchone()
+    assert name == REPEATED_NAME, "of two rows with one id, the later one in the file won"
     assert len(summary.workers) == 2, "both workers judged shares"
     assert sum(work["tasks"] for work in summary.workers.values()) > 2
 
@@ -48,6 +60,7 @@ def test_a_malformed_last_line_exits_3_with_nothing_promoted(
     broken.mkdir()
     for source in cluster_sample.iterdir():
         (broken / source.name).write_bytes(source.read_bytes())
+    last = len((broken / "hired_employees.csv").read_bytes().splitlines()) + 1
     with (broken / "hired_employees.csv").open("ab") as handle:
         handle.write(b"9999,only three,fields\r\n")
     url = new_database()
@@ -67,7 +80,7 @@ def test_a_malformed_last_line_exits_3_with_nothing_promoted(
         },
     )
     assert done.returncode == 3, done.stderr
-    assert "hired_employees.csv, line 3001: expected 5 fields" in done.stderr
+    assert f"hired_employees.csv, line {last}: expected 5 fields" in done.stderr
     with psycopg.connect(url) as conn:
         assert conn.execute("select count(*) from audit.batches").fetchone()[0] == 0
         for table in ("departments", "jobs", "hired_employees"):
