@@ -37,11 +37,12 @@ class Settings(BaseSettings):
     )
     policy: Policy = Field(default="reject_batch", alias="LOADER_POLICY")
     chunk_rows: int = Field(
-        default=50_000,
+        default=25_000,
         ge=1,
         alias="LOADER_CHUNK_ROWS",
         description="Rows validated in one GX pass (whole batches): each pass costs about "
-        "0.25 s whatever its size, and the chunk's frames about 1 KB a row at the peak.",
+        "0.25 s whatever its size, and the chunk's frames about 1 KB a row at the peak; "
+        "50,000 is 15% faster and peaked at 541 MB on 10M rows, 25,000 at 494 MB.",
     )
     land_rows: int = Field(
         default=100_000,

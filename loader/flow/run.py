@@ -86,7 +86,6 @@ class TableWork:
 
     table: Table
     summary: TableSummary
-    batches: list[BatchInfo]
     verdicts: dict[str, Verdict]
     keys: dict[str, Keys] = field(default_factory=dict)  # each batch's key range: its lane
 
@@ -146,12 +145,13 @@ class Run:
         policy: str,
         batch_size: int,
         progress: Progress | None = None,
-        keep_failing_rows: bool = True,
+        keep_settlements: bool = True,
     ):
-        """`keep_failing_rows=False` drops each settlement's failing rows once its batch log
-        is written: a file run may hold back millions, an API caller wants them answered."""
+        """`keep_settlements=False` drops each settlement once it is counted and its batch
+        logged: a file run may settle millions of batches and hold back millions of rows, an API
+        caller wants its few answered with their failing rows."""
         self.settings = settings
-        self.keep_failing_rows = keep_failing_rows
+        self.keep_settlements = keep_settlements
         self.conn = conn
         self.gate = gate
         self.raw = raw
@@ -176,7 +176,7 @@ class Run:
         cls, settings: Settings, conn: psycopg.Connection, url: str, progress: Progress | None
     ) -> Run:
         """A run of the input folder: the committed checkpoints, the run's own dlt pipeline,
-        failing rows logged rather than kept (a file may hold back millions)."""
+        settlements logged rather than kept (a file may hold millions of batches)."""
         return cls(
             settings,
             conn,
@@ -186,7 +186,7 @@ class Run:
             settings.policy,
             settings.batch_size,
             progress,
-            keep_failing_rows=False,
+            keep_settlements=False,
         )
 
     @property
@@ -210,7 +210,7 @@ class Run:
         """
         known = known_ids(self.conn, sources)
         work = [
-            TableWork(table, TableSummary(table.name, label), [], {})
+            TableWork(table, TableSummary(table.name, label), {})
             for table, (label, _) in sources.items()
         ]
         self.summary.tables = [item.summary for item in work]
@@ -308,9 +308,8 @@ class Run:
             self._log_batch(settlement)
         with self._tally:
             self._summaries[table.name].add(settlement)
-            self.settlements.append(settlement)
-        if not self.keep_failing_rows:
-            settlement.rejected_rows = []
+            if self.keep_settlements:
+                self.settlements.append(settlement)
 
     @property
     def _summaries(self) -> dict[str, TableSummary]:
@@ -374,7 +373,6 @@ class Run:
         self.kill.reach(AFTER_VERDICT)
         item.verdicts.update(verdicts)
         item.keys.update(keys)
-        item.batches += infos
         for batch in parents:
             known[item.table.name] += accepted_ids(
                 item.table, batch, verdicts[batch.batch_id], self.policy
