@@ -32,7 +32,6 @@ from loader.flow.run import (
     known_ids,
 )
 from loader.flow.settle import SETTLED
-from loader.flow.settling import SettleLine
 from loader.flow.summary import RunSummary, TableSummary
 from loader.flow.tasks import Job, TaskResult, judge_share
 from loader.settings import Settings
@@ -183,18 +182,8 @@ class ClusterRun(Run):
             for judged in result.batches
             if judged.earlier not in SETTLED
         ]
-        line = SettleLine(
-            self.url,
-            self.settings.settle_connections,
-            self.run_id,
-            self.policy,
-            self.kill,
-            self._settled,
-        )
-        with line:
+        with self.settle_line() as line:
             line.put(landed)
-            line.close()
-        self.seconds["promote"] += line.seconds
 
 
 class LoadOnCluster:

@@ -20,7 +20,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,6 +217,13 @@ class Run:
         if structure_checked is None:
             self._judge_land_settle(work, sources, ledger, known, None, self._settle_here)
             return
+        with self.settle_line() as line:
+            self._judge_land_settle(work, sources, ledger, known, structure_checked, line.put)
+
+    @contextmanager
+    def settle_line(self) -> Iterator[SettleLine]:
+        """A settle line for this run's batches, closed (everything put settled) on leaving;
+        its time counts as the run's "promote"."""
         line = SettleLine(
             self.raw.url,
             self.settings.settle_connections,
@@ -226,7 +233,7 @@ class Run:
             self._settled,
         )
         with line:
-            self._judge_land_settle(work, sources, ledger, known, structure_checked, line.put)
+            yield line
             line.close()
         self.seconds["promote"] += line.seconds
 
