@@ -31,7 +31,8 @@ from rich.console import Console
     EXIT_DBT,
     EXIT_BUSY,
     EXIT_STATE,
-) = range(9)
+    EXIT_CLUSTER,
+) = range(10)
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -449,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     from loader.api.tokens import TokenConfigError
     from loader.db.connect import DatabaseUnavailable, reason_of
     from loader.db.embedded import EmbeddedServerError
+    from loader.flow.cluster import ClusterUnavailable
     from loader.flow.read import InputError
     from loader.flow.run import RunBusy
     from loader.flow.state_folder import StateFolderError
@@ -471,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     except StateFolderError as error:
         err.print(f"error: {error}")
         return EXIT_STATE
+    except ClusterUnavailable as error:
+        err.print(f"error: {error}")
+        return EXIT_CLUSTER
     except psycopg.OperationalError as error:
         err.print(f"error: lost the database: {reason_of(error)}")
         return EXIT_DATABASE

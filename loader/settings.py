@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="Run on the Dask cluster of this scheduler (tcp://HOST:8786); its workers "
         "must read the input and state folders at the same paths.",
     )
+    scheduler_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        alias="LOADER_SCHEDULER_TIMEOUT_SECONDS",
+        description="How long a run tries to reach its Dask scheduler before it exits 9.",
+    )
     settle_connections: int = Field(
         default=2,
         ge=1,

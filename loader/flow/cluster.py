@@ -53,13 +53,24 @@ class ClusterSummary(RunSummary):
             )
 
 
+class ClusterUnavailable(RuntimeError):
+    """The Dask scheduler named by `--scheduler` cannot be reached: nothing was read or written."""
+
+
 @contextmanager
-def dask_client(workers: int | None, scheduler: str | None) -> Iterator:
-    """A client of the cluster at `scheduler`, or of a LocalCluster of `workers` processes."""
+def dask_client(workers: int | None, scheduler: str | None, timeout: float) -> Iterator:
+    """A client of the cluster at `scheduler` (reached within `timeout` seconds), or of a
+    LocalCluster of `workers` processes."""
     from distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler, timeout="30s") as client:
+        try:
+            client = Client(scheduler, timeout=f"{timeout}s")
+        except (OSError, TimeoutError) as error:
+            raise ClusterUnavailable(
+                f"cannot reach the Dask scheduler {scheduler} (within {timeout:g} s: {error})"
+            ) from None
+        with client:
             yield client
         return
     with (
@@ -194,7 +205,10 @@ class LoadOnCluster:
         self.run = ClusterRun.of_files(settings, conn, url, progress)
 
     def load(self, files: dict[str, Path]) -> None:
-        with dask_client(self.settings.workers, self.settings.scheduler) as client:
+        settings = self.settings
+        with dask_client(
+            settings.workers, settings.scheduler, settings.scheduler_timeout_seconds
+        ) as client:
             self.run.spread(client, files)
 
     def cancel(self) -> None:

@@ -1,6 +1,7 @@
 """`--scheduler URL` on a real cluster of separate processes (`dask scheduler`, two `dask
 worker --nthreads 1`) on 127.0.0.1: one worker is SIGKILLed while it judges a share, Dask runs
-that share again, and the run still equals the sequential run, every row once."""
+that share again, and the run still equals the sequential run, every row once; a scheduler that
+cannot be reached is one line and exit 9."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from distributed import Client
 
@@ -108,3 +110,33 @@ def test_a_killed_worker_loses_nothing_and_the_run_equals_the_sequential_one(
     assert snapshot(url) == expected["database"]
     assert counts(summary) == expected["summary"]
     assert sum(work["tasks"] for work in summary["workers"].values()) >= 8
+
+
+def test_a_scheduler_that_cannot_be_reached_exits_9_in_one_line_with_nothing_written(
+    cluster_sample, new_database, tmp_path
+):
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    url = new_database()
+    done = subprocess.run(
+        [sys.executable, "-m", "loader", "run", "--input", str(cluster_sample)]
+        + ["--scheduler", address, "--skip-marts"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SECONDS,
+        env={
+            **{key: value for key, value in os.environ.items() if not key.startswith("LOADER_")},
+            "DATABASE_URL": url,
+            "LOADER_STATE_DIR": str(tmp_path / "state"),
+            "LOADER_SCHEDULER_TIMEOUT_SECONDS": "2",
+        },
+    )
+    assert done.returncode == 9, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: cannot reach the Dask scheduler {address} (within 2 s: "
+        f"Timed out trying to connect to {address} after 2 s)"
+    ]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select count(*) from audit.batches").fetchone()[0] == 0
+        assert conn.execute("select count(*) from core.hired_employees").fetchone()[0] == 0
+        assert conn.execute("select status from audit.runs").fetchall() == [("failed",)]
