@@ -37,7 +37,7 @@ from loader.flow.read import RawBatch, to_arrow
 from loader.flow.run import accepted_ids
 from loader.flow.settle import SETTLED, BatchInfo, ensure_raw_index, raw_copies
 from loader.settings import EXPECTATIONS_DIR
-from loader.tables import BATCH_ID, Table
+from loader.tables import BATCH_ID, Table, dependents_of
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class TaskResult:
     first_row: int
     worker: str
     batches: list[Judged]
-    accepted: list[int]
+    accepted: list[int]  # ids it promotes, for tables others reference (their reference rule)
     rows_landed: int
     seconds: dict[str, float]
     validated: list = field(default_factory=list)  # GX result identifiers, for the data docs
@@ -93,6 +93,8 @@ def judge_share(
         pending = [batch for batch in batches if earlier.get(batch.batch_id) not in SETTLED]
         referenced = {c.references: (known or {})[c.references] for c in table.foreign_keys}
         verdicts, accepted, chunks, keys = {}, [], [], {}
+        # Only ids other tables point at travel back: a hires task's would be every row's.
+        referenced_by_others = bool(dependents_of(table))
         for part in _chunked(pending, job.chunk_rows):
             started = time.perf_counter()
             chunk = to_arrow(table, part, job.run_id)
@@ -103,7 +105,7 @@ def judge_share(
             verdicts.update(found)
             chunks.append(chunk)
             keys.update(key_ranges(table, chunk))
-            for batch in part:
+            for batch in part if referenced_by_others else ():
                 accepted += accepted_ids(table, batch, found[batch.batch_id], job.policy)
         started = time.perf_counter()
         copies = raw_copies(conn, table, {batch.batch_id: batch.rows for batch in pending})
