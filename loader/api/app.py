@@ -23,6 +23,7 @@ from loader.api.settlements import SettlementThreads
 from loader.api.throttle import FailureThrottle
 from loader.api.tokens import parse_tokens
 from loader.db.connect import DatabaseUnavailable
+from loader.flow import heap
 from loader.flow.requests import RequestSettler
 from loader.settings import Settings
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
+        heap.freeze()  # what start-up made lives as long as the server: collections skip it
         state.pool.open()
         state.settler.start()
         state.refresher.start()

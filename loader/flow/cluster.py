@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from loader.flow.gate import Gate
 from loader.flow.ranges import count_piece, cut, place, shares
 from loader.flow.run import (
     Progress,
@@ -34,7 +35,7 @@ from loader.flow.run import (
 from loader.flow.settle import SETTLED
 from loader.flow.summary import RunSummary, TableSummary
 from loader.flow.tasks import Job, TaskResult, judge_share
-from loader.settings import Settings
+from loader.settings import EXPECTATIONS_DIR, Settings
 from loader.tables import TABLES, Table
 
 
@@ -96,6 +97,11 @@ class ClusterRun(Run):
             self.run_id, self.summary.input, self.batch_size, self.policy, log_dir=str(self.log_dir)
         )
         self.seconds = {"count": 0.0, **self.seconds}
+
+    @staticmethod
+    def file_gate(settings: Settings) -> Gate:
+        """The workers judge; the run's own gate builds the data docs of their validations."""
+        return Gate(EXPECTATIONS_DIR, settings.gx_state_dir)
 
     def spread(self, client, files: dict[str, Path]) -> None:
         """Count, judge and land every file on the cluster, then settle every batch."""

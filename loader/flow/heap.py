@@ -10,7 +10,13 @@ dlt's files. Three settings keep what is freed from staying resident:
   chunk-sized buffers come from the heap, where they fragment and stay; a fixed threshold keeps
   every buffer over 256 KiB in a mapping of its own, returned whole when freed (measured on
   1M rows: 578 → 522 MB peak).
-- `trim` after each land gives back freed heap pages glibc would keep for reuse.
+- `trim` after each land gives back freed heap pages glibc would keep for reuse, after
+  collecting cyclic garbage first: dlt's pipeline objects form reference cycles that hold the
+  Arrow chunks a land loaded, and a process doing little else in Python (a file run, whose
+  checkpoints run in the gate process) reaches a full collection rarely: 16 MB of Arrow per
+  land stayed resident until one happened (1M rows: 300 → 500 MB). `freeze` once the modules
+  are imported keeps that collection to the objects made since (0.16 s → 30 µs), and keeps a
+  forked child from copying the pages the collector would otherwise touch.
 
 glibc only: musl and other systems have neither mallopt's threshold nor malloc_trim, and keep
 their own defaults.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import sys
 
 import pyarrow as pa
@@ -34,7 +41,15 @@ if _TRIM is not None:  # glibc (musl's mallopt ignores the setting)
     _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
+def freeze() -> None:
+    """Leave every object alive now (modules, classes, settings) out of later collections."""
+    gc.collect()
+    gc.freeze()
+
+
 def trim() -> None:
-    """Return freed heap pages to the system (where malloc_trim exists)."""
+    """Free cyclic garbage, then return freed heap pages to the system (where malloc_trim
+    exists)."""
+    gc.collect()
     if _TRIM is not None:
         _TRIM(0)

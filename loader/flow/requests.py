@@ -34,7 +34,7 @@ import pyarrow as pa
 from loader.db.connect import DatabaseUnavailable, connect, reason_of, redact
 from loader.db.locks import request_lock
 from loader.db.schema import ensure_schemas
-from loader.flow.gate import Gate, Verdict
+from loader.flow.gate import Gate, Judged, Verdict, judged_now
 from loader.flow.raw import RawLoader
 from loader.flow.read import RawBatch, ReadCounts
 from loader.flow.run import Run, Source
@@ -95,6 +95,14 @@ class RequestGate:
                 lines[place - 1]: found for place, found in verdict.failing_rows.items()
             }
         return verdicts
+
+    def submit(
+        self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
+    ) -> Future[Judged]:
+        return judged_now(self.check, table, chunk, batch_ids, known_ids)
+
+    def close(self) -> None:
+        self.gate.close()
 
     def build_docs(self) -> Path:
         return self.gate.build_docs()

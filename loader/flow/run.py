@@ -20,6 +20,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,8 @@ from loader.db.connect import DatabaseUnavailable, connect, database_url, reason
 from loader.db.locks import run_lock, try_run_lock
 from loader.db.schema import ensure_schemas
 from loader.flow import heap
-from loader.flow.gate import Gate, Verdict
+from loader.flow.gate import Gate, Judged, Verdict
+from loader.flow.gate_process import GateProcess
 from loader.flow.kill_points import AFTER_RAW_LOAD, AFTER_VERDICT, KillPoints
 from loader.flow.lanes import Keys, key_ranges
 from loader.flow.prescan import StructureCheck
@@ -90,6 +92,21 @@ class TableWork:
     keys: dict[str, Keys] = field(default_factory=dict)  # each batch's key range: its lane
 
 
+@dataclass
+class Chunk:
+    """Whole batches of one table between reading and landing: their rows (with lineage), the
+    batches' infos and key ranges, which of them have a raw copy already, the batches of a
+    parent table (for the ids they accept), and the gate's verdicts while they are awaited."""
+
+    item: TableWork
+    rows: pa.Table
+    infos: list[BatchInfo]
+    keys: dict[str, Keys]
+    landed: dict[str, str]
+    parents: list[RawBatch]
+    judged: Future[Judged] | None = None
+
+
 def input_files(input_dir: Path) -> dict[str, Path]:
     """The three files, or an InputError naming the first one missing."""
     if not input_dir.is_dir():
@@ -139,7 +156,7 @@ class Run:
         self,
         settings: Settings,
         conn: psycopg.Connection,
-        gate: Gate,
+        gate: Gate | GateProcess,
         raw: RawLoader,
         label: str,
         policy: str,
@@ -175,12 +192,13 @@ class Run:
     def of_files(
         cls, settings: Settings, conn: psycopg.Connection, url: str, progress: Progress | None
     ) -> Run:
-        """A run of the input folder: the committed checkpoints, the run's own dlt pipeline,
-        settlements logged rather than kept (a file may hold millions of batches)."""
+        """A run of the input folder: the committed checkpoints run by a gate process, the run's
+        own dlt pipeline, settlements logged rather than kept (a file may hold millions of
+        batches). Close its gate when done."""
         return cls(
             settings,
             conn,
-            Gate(EXPECTATIONS_DIR, settings.gx_state_dir),
+            cls.file_gate(settings),
             RawLoader(url, settings.dlt_dir),
             str(settings.input_dir),
             settings.policy,
@@ -188,6 +206,11 @@ class Run:
             progress,
             keep_settlements=False,
         )
+
+    @staticmethod
+    def file_gate(settings: Settings) -> Gate | GateProcess:
+        """The gate of a file run: a process of its own, judging beside reading and landing."""
+        return GateProcess(EXPECTATIONS_DIR, settings.gx_state_dir)
 
     @property
     def log_dir(self) -> Path:
@@ -264,27 +287,50 @@ class Run:
     ) -> None:
         """Read and judge chunk by chunk; land what was judged when `land_rows` rows wait
         (only once the structure is checked), then hand the landed batches to `settle`."""
-        waiting: list[tuple[TableWork, pa.Table, list[BatchInfo]]] = []
+        waiting: list[Chunk] = []
         waiting_rows = 0
-        for item in work:
-            for chunk, batches in self._chunks(item, sources[item.table][1], ledger, known):
-                waiting.append((item, chunk, batches))
-                waiting_rows += chunk.num_rows
-                if structure_checked is not None and waiting_rows >= self.settings.land_rows:
-                    structure_checked()
-                    settle(self._land(waiting))
-                    waiting, waiting_rows = [], 0
+        for chunk in self._judged_chunks(work, sources, ledger, known):
+            waiting.append(chunk)
+            waiting_rows += chunk.rows.num_rows
+            if structure_checked is not None and waiting_rows >= self.settings.land_rows:
+                structure_checked()
+                settle(self._land(waiting))
+                waiting, waiting_rows = [], 0
         if structure_checked is not None:
             structure_checked()
         settle(self._land(waiting))
 
-    def _land(self, judged: list[tuple[TableWork, pa.Table, list[BatchInfo]]]) -> list[Landed]:
+    def _judged_chunks(
+        self,
+        work: list[TableWork],
+        sources: dict[Table, Source],
+        ledger: dict[str, str],
+        known: dict[str, list[int]],
+    ) -> Iterator[Chunk]:
+        """Every table's chunks with their verdicts, judged one ahead: the gate judges a chunk
+        while the next one is read (and, with a `GateProcess`, while the last one lands). A
+        table's chunks are all judged before the next table's go to the gate, so a hire is
+        judged against every department the run accepted."""
+        ahead: Chunk | None = None
+        for item in work:
+            for chunk in self._chunks(item, sources[item.table][1], ledger, known):
+                if ahead is not None and ahead.item is not item:
+                    yield self._with_verdicts(ahead, known)
+                    ahead = None
+                self._submit(chunk, known)
+                if ahead is not None:
+                    yield self._with_verdicts(ahead, known)
+                ahead = chunk
+        if ahead is not None:
+            yield self._with_verdicts(ahead, known)
+
+    def _land(self, judged: list[Chunk]) -> list[Landed]:
         """Judged chunks into raw in one dlt run; their batches, ready to settle."""
         started = time.perf_counter()
         chunks: dict[Table, list[pa.Table]] = {}
-        for item, chunk, _ in judged:
-            if chunk.num_rows:
-                chunks.setdefault(item.table, []).append(chunk)
+        for chunk in judged:
+            if chunk.rows.num_rows:
+                chunks.setdefault(chunk.item.table, []).append(chunk.rows)
         if chunks:
             try:
                 self.raw.load(chunks)
@@ -296,14 +342,20 @@ class Run:
         heap.trim()
         self.kill.reach(AFTER_RAW_LOAD)
         return [
-            (item.table, batch, item.verdicts.pop(batch.batch_id), item.keys.pop(batch.batch_id))
-            for item, _, batches in judged
-            for batch in batches
+            (
+                chunk.item.table,
+                batch,
+                chunk.item.verdicts.pop(batch.batch_id),
+                chunk.item.keys.pop(batch.batch_id),
+            )
+            for chunk in judged
+            for batch in chunk.infos
         ]
 
     def _settle_here(self, landed: list[Landed]) -> None:
         started = time.perf_counter()
-        settler = Settler(self.conn, self.run_id, self.policy, self.kill)
+        # Only API requests settle here: their answers must outlive a crash.
+        settler = Settler(self.conn, self.run_id, self.policy, self.kill, durable=True)
         for table, batch, verdict, _ in landed:
             self._settled(table, settler.settle(table, batch, verdict))
         self.seconds["promote"] += time.perf_counter() - started
@@ -328,9 +380,8 @@ class Run:
         batches: Callable[[ReadCounts], Iterable[RawBatch]],
         ledger: dict[str, str],
         known: dict[str, list[int]],
-    ) -> Iterator[tuple[pa.Table, list[BatchInfo]]]:
-        """The table's unsettled batches, judged, a chunk of `chunk_rows` rows at a time: the
-        rows still to land in raw, and the chunk's batches."""
+    ) -> Iterator[Chunk]:
+        """The table's unsettled batches, read a chunk of `chunk_rows` rows at a time."""
         counts = ReadCounts()
         pending: list[RawBatch] = []
         pending_rows = 0
@@ -343,54 +394,70 @@ class Run:
             pending.append(batch)
             pending_rows += batch.rows
             if pending_rows >= self.settings.chunk_rows:
+                chunk = self._chunk(item, pending, known)
                 self.seconds["read"] += time.perf_counter() - resumed
-                yield self._judged(item, pending, known)
+                yield chunk
                 self.progress(item.table.name, counts.rows)
                 resumed, pending, pending_rows = time.perf_counter(), [], 0
         item.summary.lines, item.summary.blank_lines = counts.lines, counts.blank_lines
         item.summary.rows_read = counts.rows
+        chunk = self._chunk(item, pending, known) if pending else None
         self.seconds["read"] += time.perf_counter() - resumed
         self.progress(item.table.name, counts.rows)
-        if pending:
-            yield self._judged(item, pending, known)
+        if chunk is not None:
+            yield chunk
 
-    def _judged(
+    def _chunk(
         self, item: TableWork, batches: list[RawBatch], known: dict[str, list[int]]
-    ) -> tuple[pa.Table, list[BatchInfo]]:
-        """Judge `batches` (emptied here: once in Arrow, their Python copies of the rows, about
-        five times the Arrow size, are freed before GX builds its frames); the rows still to
-        land and the batches' infos."""
-        started = time.perf_counter()
-        chunk = to_arrow(item.table, batches, self.run_id)
-        keys = key_ranges(item.table, chunk)
-        self.seconds["read"] += time.perf_counter() - started
-        batch_ids = [batch.batch_id for batch in batches]
+    ) -> Chunk:
+        """`batches` as a chunk for the gate (emptied here: once in Arrow, their Python copies
+        of the rows, about five times the Arrow size, are freed before GX builds its frames)."""
+        rows = to_arrow(item.table, batches, self.run_id)
         landed = raw_copies(
             self.conn, item.table, {batch.batch_id: batch.rows for batch in batches}
         )
-        infos = [BatchInfo.of(batch, landed.get(batch.batch_id)) for batch in batches]
-        parents = list(batches) if item.table.name in known else []
+        chunk = Chunk(
+            item,
+            rows,
+            [BatchInfo.of(batch, landed.get(batch.batch_id)) for batch in batches],
+            key_ranges(item.table, rows),
+            landed,
+            list(batches) if item.table.name in known else [],
+        )
         batches.clear()
-        started = time.perf_counter()
+        return chunk
+
+    def _submit(self, chunk: Chunk, known: dict[str, list[int]]) -> None:
+        """Send the chunk to the gate with the ids its references may point at."""
         referenced = {
-            column.references: known[column.references] for column in item.table.foreign_keys
+            column.references: list(known[column.references])
+            for column in chunk.item.table.foreign_keys
         }
-        verdicts = self.gate.check(item.table, chunk, batch_ids, referenced)
-        self.seconds["validate"] += time.perf_counter() - started
+        batch_ids = [info.batch_id for info in chunk.infos]
+        chunk.judged = self.gate.submit(chunk.item.table, chunk.rows, batch_ids, referenced)
+
+    def _with_verdicts(self, chunk: Chunk, known: dict[str, list[int]]) -> Chunk:
+        """Wait for the chunk's verdicts and take them in: the batches' verdicts and key
+        ranges, the ids a parent table's batches accept, and the rows still to land."""
+        judged = chunk.judged.result()
+        chunk.judged = None
+        self.seconds["validate"] += judged.seconds
         self.kill.reach(AFTER_VERDICT)
-        item.verdicts.update(verdicts)
-        item.keys.update(keys)
-        for batch in parents:
+        item = chunk.item
+        item.verdicts.update(judged.verdicts)
+        item.keys.update(chunk.keys)
+        for batch in chunk.parents:
             known[item.table.name] += accepted_ids(
-                item.table, batch, verdicts[batch.batch_id], self.policy
+                item.table, batch, judged.verdicts[batch.batch_id], self.policy
             )
+        chunk.parents = []
         with self._tally:
-            item.summary.batches_read += len(infos)
-            item.summary.batches_reused += len(landed)
-        if landed:
-            unlanded = pc.invert(pc.is_in(chunk[BATCH_ID], pa.array(list(landed))))
-            chunk = chunk.filter(unlanded)
-        return chunk, infos
+            item.summary.batches_read += len(chunk.infos)
+            item.summary.batches_reused += len(chunk.landed)
+        if chunk.landed:
+            unlanded = pc.invert(pc.is_in(chunk.rows[BATCH_ID], pa.array(list(chunk.landed))))
+            chunk.rows = chunk.rows.filter(unlanded)
+        return chunk
 
     def _log_batch(self, settlement: Settlement) -> None:
         batch = settlement.batch
@@ -462,6 +529,8 @@ def run_files(
                 load.cancel()
                 run.finish(error)
                 raise
+            finally:
+                run.gate.close()
             summary = run.finish()
         summary.write(run.log_dir / "summary.json")
     except (InputError, DatabaseUnavailable, RunBusy, KeyboardInterrupt):

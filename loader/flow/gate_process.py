@@ -1,0 +1,96 @@
+"""The GX gate of a file run in a process of its own, so that checkpoints run on the second core
+while the run's process reads the next chunk, lands the last one in raw and settles.
+
+A checkpoint is Python (GX builds and resolves a metric graph for every expectation: about half
+of a run's CPU on one million rows), and Python runs one thread at a time: in the run's own
+process the gate was the run's critical path while a core waited. One chunk is judged ahead at
+most (`Run` collects a chunk's verdicts before it lands it), so memory holds one more chunk and
+the ledger's promises do not change: a verdict is still known before its batch lands or
+settles.
+
+The process is forked before the run starts any thread, from a process that has GX imported
+already, so it is ready at once; it dies with the run (Linux's parent-death signal), and a
+checkpoint failing in it is raised in the run as it would be in-process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+
+from loader.flow import heap
+from loader.flow.gate import Gate, Judged
+from loader.tables import TABLES, Table
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+_gate: Gate | None = None  # the child's gate
+
+
+class GateProcess:
+    """`Gate`'s `submit` and `build_docs`, done by a forked child process."""
+
+    def __init__(self, context_dir: Path, state_dir: Path):
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_open_gate,
+            initargs=(context_dir, state_dir, os.getpid()),
+        )
+        # The fork happens at the first submit: now, while this process has one thread, its
+        # imported objects frozen so that neither process's collector copies their pages.
+        heap.freeze()
+        self._pool.submit(_ready).result()
+
+    def submit(
+        self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
+    ) -> Future[Judged]:
+        return self._pool.submit(_check, table.name, chunk, batch_ids, known_ids)
+
+    def build_docs(self) -> Path:
+        return self._pool.submit(_build_docs).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _open_gate(context_dir: Path, state_dir: Path, parent: int) -> None:
+    global _gate
+    _die_with_parent(parent)
+    _gate = Gate(context_dir, state_dir)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when the run's process dies (a SIGKILLed run must not
+    leave a gate behind); elsewhere the child ends when its task queue closes."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the run died before the request was made
+        os._exit(1)
+
+
+def _ready() -> bool:
+    return _gate is not None
+
+
+def _check(
+    table_name: str, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
+) -> Judged:
+    started = time.perf_counter()
+    table = next(table for table in TABLES if table.name == table_name)
+    verdicts = _gate.check(table, chunk, batch_ids, known_ids)
+    return Judged(verdicts, time.perf_counter() - started)
+
+
+def _build_docs() -> Path:
+    return _gate.build_docs()
