@@ -3,6 +3,7 @@ the forms libpq, dbt and messages need."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -33,13 +34,35 @@ def with_user(url: str, user: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
+# A password anywhere libpq takes one: `user:pw@` in a URL, `?password=` in its query, or a
+# `password=` pair of a key=value string (quoted with '' and backslash escapes, or bare).
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@?#]*?:)[^/@?#]*(@)", re.IGNORECASE)
+_PAIR_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&#]*)", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL with its password replaced by `***`, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The connection string with every password replaced by `***`, fit for messages, logs
+    and manifests; whatever form libpq accepted it in."""
+    return _PAIR_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\2", url))
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (a driver's message about `url`) without the password it may quote."""
+    secrets = [
+        psycopg.conninfo.conninfo_to_dict(url).get("password") if _parses(url) else None,
+        *(match.group(0)[len(match.group(1)) : -1] for match in _URL_PASSWORD.finditer(url)),
+    ]
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _parses(url: str) -> bool:
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return False
+    return True
 
 
 LIBPQ_VARIABLES = {
@@ -86,4 +109,5 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
     try:
         return psycopg.connect(url, connect_timeout=10, **kwargs)
     except psycopg.Error as error:
-        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {reason_of(error)}") from None
+        reason = scrub(reason_of(error), url)
+        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {reason}") from None
