@@ -279,16 +279,23 @@ class Settler:
     """Settles the batches of one run (or API request) on one autocommit connection."""
 
     def __init__(
-        self, conn: psycopg.Connection, run_id: str, policy: str, kill: KillPoints = NOWHERE
+        self,
+        conn: psycopg.Connection,
+        run_id: str,
+        policy: str,
+        kill: KillPoints = NOWHERE,
+        durable: bool = False,
     ):
+        """`durable`: each settlement is on disk before it is answered (an API client told
+        `promoted` has no reason to send the rows again). Otherwise a crash loses at most the
+        last few settlements, which the next run of the same input redoes: they are not in the
+        ledger, so they are not skipped. Nothing is ever half-settled either way."""
         self.conn = conn
         self.run_id = run_id
         self.policy = policy
         self.kill = kill
         self._prepared: set[str] = set()
-        # A crash loses at most the last few settlements, which the next run redoes: they are
-        # not in the ledger, so they are not skipped. Nothing is ever half-settled.
-        conn.execute("set synchronous_commit = off")
+        conn.execute(f"set synchronous_commit = {'on' if durable else 'off'}")
 
     def prepare(self, table: Table) -> None:
         if table.name not in self._prepared:
