@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from backup.restore import Restored
     from backup.store import BackupInfo
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_DATABASE = range(5)
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_DATABASE, EXIT_FOLDER = range(6)
 
 # No markup: stamps, paths and error texts are printed as they are, brackets included.
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -236,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     except psycopg.OperationalError as error:
         fail(f"lost the database: {reason_of(error)}")
         return EXIT_DATABASE
+    except OSError as error:
+        if error.filename is None:
+            fail(f"unexpected {type(error).__name__}: {error}")
+            return EXIT_ERROR
+        fail(f"cannot use the backup folder: {error.filename}: {error.strerror}; nothing changed")
+        return EXIT_FOLDER
     except KeyboardInterrupt:
         return EXIT_OK if args.command == "schedule" else 130
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback

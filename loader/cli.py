@@ -346,9 +346,11 @@ def command_db(args: argparse.Namespace) -> int:
 
 def command_marts(args: argparse.Namespace) -> int:
     from loader.db.connect import database_url
+    from loader.flow.state_folder import check_writable
     from loader.marts.build import build_marts
 
     settings = settings_from(args)
+    check_writable(settings.state_path)  # dbt writes its target there: exit 8, not a dbt error
     build = build_marts(database_url(settings), settings.state_path)
     if not build.success:
         err.print("error: dbt build failed: " + "; ".join(build.failures))

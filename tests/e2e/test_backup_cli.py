@@ -77,6 +77,15 @@ def test_unknown_backup_and_bad_cron_are_refused(env):
     assert bad.returncode == 2 and "error:" in bad.stderr
 
 
+def test_a_backup_folder_that_cannot_be_written_is_one_line_and_exit_5(env, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = backup("create", env={**env, "BACKUP_DIR": str(blocker / "backups")})
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "unexpected" not in result.stderr
+    assert str(blocker) in result.stderr
+
+
 def test_a_restore_says_what_it_did_to_the_ledger(env):
     made = backup("create", env=env)
     stamp = made.stdout.strip()
