@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from loader.flow import heap
 from loader.flow.gate import Gate, Judged
-from loader.tables import TABLES, Table
+from loader.tables import Table, table_named
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -87,8 +87,7 @@ def _check(
     table_name: str, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
 ) -> Judged:
     started = time.perf_counter()
-    table = next(table for table in TABLES if table.name == table_name)
-    verdicts = _gate.check(table, chunk, batch_ids, known_ids)
+    verdicts = _gate.check(table_named(table_name), chunk, batch_ids, known_ids)
     return Judged(verdicts, time.perf_counter() - started)
 
 

@@ -101,9 +101,6 @@ class RequestGate:
     ) -> Future[Judged]:
         return judged_now(self.check, table, chunk, batch_ids, known_ids)
 
-    def close(self) -> None:
-        self.gate.close()
-
     def build_docs(self) -> Path:
         return self.gate.build_docs()
 

@@ -88,15 +88,14 @@ class TableWork:
 
     table: Table
     summary: TableSummary
-    verdicts: dict[str, Verdict]
-    keys: dict[str, Keys] = field(default_factory=dict)  # each batch's key range: its lane
 
 
 @dataclass
 class Chunk:
     """Whole batches of one table between reading and landing: their rows (with lineage), the
-    batches' infos and key ranges, which of them have a raw copy already, the batches of a
-    parent table (for the ids they accept), and the gate's verdicts while they are awaited."""
+    batches' infos and key ranges (each batch's lane), which of them have a raw copy already,
+    the batches of a parent table (for the ids they accept), and the gate's verdicts: awaited,
+    then per batch."""
 
     item: TableWork
     rows: pa.Table
@@ -105,6 +104,7 @@ class Chunk:
     landed: dict[str, str]
     parents: list[RawBatch]
     judged: Future[Judged] | None = None
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
 
 
 def input_files(input_dir: Path) -> dict[str, Path]:
@@ -233,7 +233,7 @@ class Run:
         """
         known = known_ids(self.conn, sources)
         work = [
-            TableWork(table, TableSummary(table.name, label), {})
+            TableWork(table, TableSummary(table.name, label))
             for table, (label, _) in sources.items()
         ]
         self.summary.tables = [item.summary for item in work]
@@ -345,8 +345,8 @@ class Run:
             (
                 chunk.item.table,
                 batch,
-                chunk.item.verdicts.pop(batch.batch_id),
-                chunk.item.keys.pop(batch.batch_id),
+                chunk.verdicts[batch.batch_id],
+                chunk.keys[batch.batch_id],
             )
             for chunk in judged
             for batch in chunk.infos
@@ -437,18 +437,16 @@ class Run:
         chunk.judged = self.gate.submit(chunk.item.table, chunk.rows, batch_ids, referenced)
 
     def _with_verdicts(self, chunk: Chunk, known: dict[str, list[int]]) -> Chunk:
-        """Wait for the chunk's verdicts and take them in: the batches' verdicts and key
-        ranges, the ids a parent table's batches accept, and the rows still to land."""
+        """Wait for the chunk's verdicts and take them in: the ids a parent table's batches
+        accept, the counts, and the rows still to land."""
         judged = chunk.judged.result()
-        chunk.judged = None
+        chunk.judged, chunk.verdicts = None, judged.verdicts
         self.seconds["validate"] += judged.seconds
         self.kill.reach(AFTER_VERDICT)
         item = chunk.item
-        item.verdicts.update(judged.verdicts)
-        item.keys.update(chunk.keys)
         for batch in chunk.parents:
             known[item.table.name] += accepted_ids(
-                item.table, batch, judged.verdicts[batch.batch_id], self.policy
+                item.table, batch, chunk.verdicts[batch.batch_id], self.policy
             )
         chunk.parents = []
         with self._tally:
