@@ -178,10 +178,12 @@ class Gate:
 
         Pages of earlier runs are kept as they are, so the cost does not grow with history;
         the pages of the suites validated are rebuilt, so the index's links to them resolve.
+        The validations added are forgotten: a long-lived gate (the API's) builds each once.
         """
         suites = {key.expectation_suite_identifier.name for key in self.validated}
         identifiers = [*self.validated, *map(ExpectationSuiteIdentifier, sorted(suites))]
         self.context.build_data_docs(resource_identifiers=identifiers or None)
+        self.validated.clear()
         return Path(self.context.get_docs_sites_urls()[0]["site_url"].removeprefix("file://"))
 
     def submit(

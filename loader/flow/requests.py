@@ -34,7 +34,8 @@ import pyarrow as pa
 from loader.db.connect import DatabaseUnavailable, connect, reason_of, redact
 from loader.db.locks import request_lock
 from loader.db.schema import ensure_schemas
-from loader.flow.gate import Gate, Judged, Verdict, judged_now
+from loader.flow.gate import Gate, Judged
+from loader.flow.gate_process import GateProcess
 from loader.flow.raw import RawLoader
 from loader.flow.read import RawBatch, ReadCounts
 from loader.flow.run import Run, Source
@@ -79,30 +80,35 @@ class RequestGate:
     ledger and the answers keep the request's line numbers (the data docs show the places).
     """
 
-    def __init__(self, gate: Gate):
+    def __init__(self, gate: Gate | GateProcess):
         self.gate = gate
-        self.validated = gate.validated  # the validations not in the data docs yet
-
-    def check(
-        self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
-    ) -> dict[str, Verdict]:
-        lines = chunk[LINE_NUMBER].to_pylist()
-        places = pa.array(range(1, chunk.num_rows + 1), pa.int64())
-        numbered = chunk.set_column(chunk.schema.get_field_index(LINE_NUMBER), LINE_NUMBER, places)
-        verdicts = self.gate.check(table, numbered, batch_ids, known_ids)
-        for verdict in verdicts.values():
-            verdict.failing_rows = {
-                lines[place - 1]: found for place, found in verdict.failing_rows.items()
-            }
-        return verdicts
 
     def submit(
         self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
     ) -> Future[Judged]:
-        return judged_now(self.check, table, chunk, batch_ids, known_ids)
+        lines = chunk[LINE_NUMBER].to_pylist()
+        places = pa.array(range(1, chunk.num_rows + 1), pa.int64())
+        numbered = chunk.set_column(chunk.schema.get_field_index(LINE_NUMBER), LINE_NUMBER, places)
+        renumbered: Future[Judged] = Future()
+
+        def renumber(judged: Future[Judged]) -> None:
+            if judged.exception() is not None:
+                renumbered.set_exception(judged.exception())
+                return
+            for verdict in judged.result().verdicts.values():
+                verdict.failing_rows = {
+                    lines[place - 1]: found for place, found in verdict.failing_rows.items()
+                }
+            renumbered.set_result(judged.result())
+
+        self.gate.submit(table, numbered, batch_ids, known_ids).add_done_callback(renumber)
+        return renumbered
 
     def build_docs(self) -> Path:
         return self.gate.build_docs()
+
+    def close(self) -> None:
+        self.gate.close()
 
 
 class RequestSettler:
@@ -115,16 +121,19 @@ class RequestSettler:
     def __init__(self, settings: Settings, url: str):
         self.settings = settings
         self.url = url
-        self.gate = RequestGate(Gate(EXPECTATIONS_DIR, settings.gx_state_dir))
+        with connect(url, autocommit=True) as conn:
+            ensure_schemas(conn)
+            mark_abandoned(conn)
+        # Checkpoints run in a process of their own while this one lands the same rows in raw.
+        # Forked now: the server has started no thread yet.
+        self.gate = RequestGate(GateProcess(EXPECTATIONS_DIR, settings.gx_state_dir))
         self.raw = RawLoader(url, settings.dlt_dir / "api")
-        self.gate_lock = threading.Lock()  # a GX context serves one thread at a time
+        self.gate_lock = threading.Lock()  # one run at a time; the data docs between runs
+        self.docs_behind = False  # validations made that the data docs do not show yet
         self.waiting: queue.Queue[Request | None] = queue.Queue()
         # The last run's requests, its time, and when it gave its first answer.
         self.last_answered, self.last_seconds, self.answered_at = 0, 0.0, 0.0
         self.thread = threading.Thread(target=self._settle_waiting, name="requests", daemon=True)
-        with connect(url, autocommit=True) as conn:
-            ensure_schemas(conn)
-            mark_abandoned(conn)
 
     def start(self) -> None:
         self.thread.start()
@@ -132,6 +141,7 @@ class RequestSettler:
     def stop(self) -> None:
         self.waiting.put(STOP)
         self.thread.join()
+        self.gate.close()
 
     def settle(self, table: Table, batch: RawBatch, policy: str) -> Settlement:
         """The batch's settlement: made now, or the earlier one (`replayed`). Blocks; raises
@@ -143,9 +153,9 @@ class RequestSettler:
     def build_docs(self) -> None:
         """Add the validations made since the last call to the GX data docs."""
         with self.gate_lock:
-            if self.gate.validated:
+            if self.docs_behind:
                 self.gate.build_docs()
-                self.gate.validated.clear()
+                self.docs_behind = False
 
     def _settle_waiting(self) -> None:
         while True:
@@ -239,6 +249,7 @@ class RequestSettler:
         label = "api:" + ",".join(table.name for table in tables)
         batch_size = max(request.batch.rows for request in requests)
         with self.gate_lock:
+            self.docs_behind = True
             run = Run(self.settings, conn, self.gate, self.raw, label, policy, batch_size)
             try:
                 # Settled on `conn` itself (no settle line): its request locks have the keys of

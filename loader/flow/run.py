@@ -228,8 +228,8 @@ class Run:
             structure_checked: blocks until every source is known to read whole, or raises its
                 InputError (`prescan.StructureCheck`). Given, chunks land about every
                 `land_rows` rows and are settled by a `SettleLine` while the next ones are
-                judged. Absent, nothing lands until every source has been read, and the
-                batches are settled afterwards on the run's connection.
+                judged. Absent (the API's bodies, read whole already), each table's chunks land
+                while the gate judges them, and are settled on the run's connection.
         """
         known = known_ids(self.conn, sources)
         work = [
@@ -238,7 +238,7 @@ class Run:
         ]
         self.summary.tables = [item.summary for item in work]
         if structure_checked is None:
-            self._judge_land_settle(work, sources, ledger, known, None, self._settle_here)
+            self._settle_here(self._land_while_judged(work, sources, ledger, known))
             return
         with self.settle_line() as line:
             self._judge_land_settle(work, sources, ledger, known, structure_checked, line.put)
@@ -282,7 +282,7 @@ class Run:
         sources: dict[Table, Source],
         ledger: dict[str, str],
         known: dict[str, list[int]],
-        structure_checked: Callable[[], None] | None,
+        structure_checked: Callable[[], None],
         settle: Callable[[list[Landed]], None],
     ) -> None:
         """Read and judge chunk by chunk; land what was judged when `land_rows` rows wait
@@ -292,13 +292,35 @@ class Run:
         for chunk in self._judged_chunks(work, sources, ledger, known):
             waiting.append(chunk)
             waiting_rows += chunk.rows.num_rows
-            if structure_checked is not None and waiting_rows >= self.settings.land_rows:
+            if waiting_rows >= self.settings.land_rows:
                 structure_checked()
-                settle(self._land(waiting))
+                self._land(waiting)
+                settle(_ready_to_settle(waiting))
                 waiting, waiting_rows = [], 0
-        if structure_checked is not None:
-            structure_checked()
-        settle(self._land(waiting))
+        structure_checked()
+        self._land(waiting)
+        settle(_ready_to_settle(waiting))
+
+    def _land_while_judged(
+        self,
+        work: list[TableWork],
+        sources: dict[Table, Source],
+        ledger: dict[str, str],
+        known: dict[str, list[int]],
+    ) -> list[Landed]:
+        """Every source's batches judged and landed, ready to settle: a table's chunks go to
+        the gate, land in raw while it judges them (with a `GateProcess`, on the other core),
+        and have their verdicts before the next table's go, which may reference them."""
+        landed: list[Landed] = []
+        for item in work:
+            chunks = list(self._chunks(item, sources[item.table][1], ledger, known))
+            for chunk in chunks:
+                self._submit(chunk, known)
+            self._land(chunks)
+            for chunk in chunks:
+                self._with_verdicts(chunk, known)
+            landed += _ready_to_settle(chunks)
+        return landed
 
     def _judged_chunks(
         self,
@@ -324,13 +346,16 @@ class Run:
         if ahead is not None:
             yield self._with_verdicts(ahead, known)
 
-    def _land(self, judged: list[Chunk]) -> list[Landed]:
-        """Judged chunks into raw in one dlt run; their batches, ready to settle."""
+    def _land(self, submitted: list[Chunk]) -> None:
+        """The chunks' rows into raw in one dlt run, but for batches with a raw copy already;
+        the rows are dropped from the chunks once landed."""
         started = time.perf_counter()
         chunks: dict[Table, list[pa.Table]] = {}
-        for chunk in judged:
-            if chunk.rows.num_rows:
-                chunks.setdefault(chunk.item.table, []).append(chunk.rows)
+        for chunk in submitted:
+            rows = _unlanded(chunk)
+            chunk.rows = rows.slice(0, 0)
+            if rows.num_rows:
+                chunks.setdefault(chunk.item.table, []).append(rows)
         if chunks:
             try:
                 self.raw.load(chunks)
@@ -339,18 +364,9 @@ class Run:
                     self.raw.discard()
                 raise
         self.seconds["raw load"] += time.perf_counter() - started
+        chunks.clear()
         heap.trim()
         self.kill.reach(AFTER_RAW_LOAD)
-        return [
-            (
-                chunk.item.table,
-                batch,
-                chunk.verdicts[batch.batch_id],
-                chunk.keys[batch.batch_id],
-            )
-            for chunk in judged
-            for batch in chunk.infos
-        ]
 
     def _settle_here(self, landed: list[Landed]) -> None:
         started = time.perf_counter()
@@ -452,9 +468,6 @@ class Run:
         with self._tally:
             item.summary.batches_read += len(chunk.infos)
             item.summary.batches_reused += len(chunk.landed)
-        if chunk.landed:
-            unlanded = pc.invert(pc.is_in(chunk.rows[BATCH_ID], pa.array(list(chunk.landed))))
-            chunk.rows = chunk.rows.filter(unlanded)
         return chunk
 
     def _log_batch(self, settlement: Settlement) -> None:
@@ -464,6 +477,23 @@ class Run:
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = {**settlement.record(self.run_id), "failing_rows": settlement.rejected_rows}
         path.write_text(json.dumps(entry, indent=2))
+
+
+def _unlanded(chunk: Chunk) -> pa.Table:
+    """The chunk's rows but those of batches with a raw copy already (an earlier run's)."""
+    if not chunk.landed:
+        return chunk.rows
+    landed = pc.is_in(chunk.rows[BATCH_ID], pa.array(list(chunk.landed)))
+    return chunk.rows.filter(pc.invert(landed))
+
+
+def _ready_to_settle(chunks: list[Chunk]) -> list[Landed]:
+    """The batches of landed, judged chunks, each with its verdict and key ranges."""
+    return [
+        (chunk.item.table, batch, chunk.verdicts[batch.batch_id], chunk.keys[batch.batch_id])
+        for chunk in chunks
+        for batch in chunk.infos
+    ]
 
 
 class LoadHere:
