@@ -191,6 +191,12 @@ class Gate:
     ) -> Future[Judged]:
         return judged_now(self.check, table, chunk, batch_ids, known_ids)
 
+    def submit_docs(self) -> Future[Path]:
+        """`build_docs` done here and now, as the future a `GateProcess` gives."""
+        future: Future[Path] = Future()
+        future.set_result(self.build_docs())
+        return future
+
     def close(self) -> None:
         """Nothing to release: the context lives as long as this object."""
 

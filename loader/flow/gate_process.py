@@ -57,7 +57,11 @@ class GateProcess:
         return self._pool.submit(_check, table.name, chunk, batch_ids, known_ids)
 
     def build_docs(self) -> Path:
-        return self._pool.submit(_build_docs).result()
+        return self.submit_docs().result()
+
+    def submit_docs(self) -> Future[Path]:
+        """The data docs built while this process goes on (a run's last lands and settling)."""
+        return self._pool.submit(_build_docs)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
