@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psycopg
@@ -74,6 +74,8 @@ Source = tuple[str, Callable[[ReadCounts], Iterable[RawBatch]]]
 Landed = tuple[Table, BatchInfo, Verdict, Keys]
 
 
+# Rows read into Python lists before they are turned into Arrow (see `Gathering`).
+PIECE_ROWS = 5_000
 # How long a waiting run gives the run it waits for to write its audit.runs row, to name it.
 HOLDER_ROW_SECONDS = 30.0
 
@@ -402,49 +404,41 @@ class Run:
     ) -> Iterator[Chunk]:
         """The table's unsettled batches, read a chunk of `chunk_rows` rows at a time."""
         counts = ReadCounts()
-        pending: list[RawBatch] = []
-        pending_rows = 0
+        pending = Gathering(item.table, self.run_id, keep_batches=item.table.name in known)
         resumed = time.perf_counter()
         for batch in batches(counts):
             state = ledger.get(batch.batch_id)
             with self._tally:
                 if item.summary.count_earlier(state, batch.rows):
                     continue
-            pending.append(batch)
-            pending_rows += batch.rows
-            if pending_rows >= self.settings.chunk_rows:
-                chunk = self._chunk(item, pending, known)
+            pending.add(batch)
+            if pending.rows >= self.settings.chunk_rows:
+                chunk = self._chunk(item, pending)
                 self.seconds["read"] += time.perf_counter() - resumed
                 yield chunk
                 self.progress(item.table.name, counts.rows)
-                resumed, pending, pending_rows = time.perf_counter(), [], 0
+                resumed = time.perf_counter()
+                pending = Gathering(item.table, self.run_id, pending.keep_batches)
         item.summary.lines, item.summary.blank_lines = counts.lines, counts.blank_lines
         item.summary.rows_read = counts.rows
-        chunk = self._chunk(item, pending, known) if pending else None
+        chunk = self._chunk(item, pending) if pending.infos else None
         self.seconds["read"] += time.perf_counter() - resumed
         self.progress(item.table.name, counts.rows)
         if chunk is not None:
             yield chunk
 
-    def _chunk(
-        self, item: TableWork, batches: list[RawBatch], known: dict[str, list[int]]
-    ) -> Chunk:
-        """`batches` as a chunk for the gate (emptied here: once in Arrow, their Python copies
-        of the rows, about five times the Arrow size, are freed before GX builds its frames)."""
-        rows = to_arrow(item.table, batches, self.run_id)
-        landed = raw_copies(
-            self.conn, item.table, {batch.batch_id: batch.rows for batch in batches}
-        )
-        chunk = Chunk(
+    def _chunk(self, item: TableWork, pending: Gathering) -> Chunk:
+        """The batches gathered as a chunk for the gate, with the raw copies they have."""
+        rows = pending.arrow()
+        landed = raw_copies(self.conn, item.table, {i.batch_id: i.rows for i in pending.infos})
+        return Chunk(
             item,
             rows,
-            [BatchInfo.of(batch, landed.get(batch.batch_id)) for batch in batches],
+            [replace(info, raw_run_id=landed.get(info.batch_id)) for info in pending.infos],
             key_ranges(item.table, rows),
             landed,
-            list(batches) if item.table.name in known else [],
+            pending.batches,
         )
-        batches.clear()
-        return chunk
 
     def _submit(self, chunk: Chunk, known: dict[str, list[int]]) -> None:
         """Send the chunk to the gate with the ids its references may point at."""
@@ -480,6 +474,41 @@ class Run:
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = {**settlement.record(self.run_id), "failing_rows": settlement.rejected_rows}
         path.write_text(json.dumps(entry, indent=2))
+
+
+class Gathering:
+    """Batches read for the next chunk: their rows turned into Arrow every PIECE_ROWS rows, as
+    their Python copies (about five times the Arrow size) would otherwise all be held until the
+    chunk is full; the batches themselves only for a table others reference (the ids they
+    accept)."""
+
+    def __init__(self, table: Table, run_id: str, keep_batches: bool):
+        self.table, self.run_id, self.keep_batches = table, run_id, keep_batches
+        self.infos: list[BatchInfo] = []
+        self.batches: list[RawBatch] = []
+        self.pieces: list[pa.Table] = []
+        self.unconverted: list[RawBatch] = []
+        self.rows = self.unconverted_rows = 0
+
+    def add(self, batch: RawBatch) -> None:
+        self.infos.append(BatchInfo.of(batch))
+        if self.keep_batches:
+            self.batches.append(batch)
+        self.unconverted.append(batch)
+        self.rows += batch.rows
+        self.unconverted_rows += batch.rows
+        if self.unconverted_rows >= PIECE_ROWS:
+            self._convert()
+
+    def arrow(self) -> pa.Table:
+        """The rows gathered, as one table (of several Arrow chunks, not copied together)."""
+        self._convert()
+        return pa.concat_tables(self.pieces)
+
+    def _convert(self) -> None:
+        if self.unconverted:
+            self.pieces.append(to_arrow(self.table, self.unconverted, self.run_id))
+            self.unconverted, self.unconverted_rows = [], 0
 
 
 def _unlanded(chunk: Chunk) -> pa.Table:
