@@ -92,7 +92,9 @@ def _check(
 ) -> Judged:
     started = time.perf_counter()
     verdicts = _gate.check(table_named(table_name), chunk, batch_ids, known_ids)
-    return Judged(verdicts, time.perf_counter() - started)
+    judged = Judged(verdicts, time.perf_counter() - started)
+    heap.trim()  # GX's frames and results, freed now rather than kept as the input grows
+    return judged
 
 
 def _build_docs() -> Path:
