@@ -74,6 +74,12 @@ Source = tuple[str, Callable[[ReadCounts], Iterable[RawBatch]]]
 Landed = tuple[Table, BatchInfo, Verdict, Keys]
 
 
+# Each batch costs some Python objects until it is settled (its info, verdict, key ranges):
+# with one-row batches a chunk or land of rows would hold 50,000 or 100,000 of them (100,000
+# one-row batches peaked at 532 MB). So a chunk also closes at CHUNK_BATCHES batches and a land
+# at LAND_BATCHES; GX's and dlt's fixed costs are then about 20 µs a batch, of 0.7 ms.
+CHUNK_BATCHES = 10_000
+LAND_BATCHES = 20_000
 # Rows read into Python lists before they are turned into Arrow (see `Gathering`).
 PIECE_ROWS = 5_000
 # How long a waiting run gives the run it waits for to write its audit.runs row, to name it.
@@ -291,15 +297,16 @@ class Run:
         """Read and judge chunk by chunk; land what was judged when `land_rows` rows wait
         (only once the structure is checked), then hand the landed batches to `settle`."""
         waiting: list[Chunk] = []
-        waiting_rows = 0
+        waiting_rows = waiting_batches = 0
         for chunk in self._judged_chunks(work, sources, ledger, known):
             waiting.append(chunk)
             waiting_rows += chunk.rows.num_rows
-            if waiting_rows >= self.settings.land_rows:
+            waiting_batches += len(chunk.infos)
+            if waiting_rows >= self.settings.land_rows or waiting_batches >= LAND_BATCHES:
                 structure_checked()
                 self._land(waiting)
                 settle(_ready_to_settle(waiting))
-                waiting, waiting_rows = [], 0
+                waiting, waiting_rows, waiting_batches = [], 0, 0
         structure_checked()
         # The input is whole and judged: the gate builds the data docs while the rest lands.
         self.docs = self.gate.submit_docs()
@@ -412,7 +419,7 @@ class Run:
                 if item.summary.count_earlier(state, batch.rows):
                     continue
             pending.add(batch)
-            if pending.rows >= self.settings.chunk_rows:
+            if pending.rows >= self.settings.chunk_rows or len(pending.infos) >= CHUNK_BATCHES:
                 chunk = self._chunk(item, pending)
                 self.seconds["read"] += time.perf_counter() - resumed
                 yield chunk
