@@ -223,3 +223,21 @@ def assert_clean_stderr(run: LoaderRun, lines: int) -> None:
     text = run.stderr
     assert "Traceback" not in text and "unexpected" not in text.lower(), text
     assert len(text.strip().splitlines()) == lines, text
+
+
+def processes_left(*words: str, patience: float = 5.0) -> list[str]:
+    """Command lines of processes whose arguments include all of `words` still there after
+    `patience` seconds (a forked gate process carries its parent's command line)."""
+    deadline = time.monotonic() + patience
+    while True:
+        left = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                arguments = cmdline.read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if all(word in arguments for word in words):
+                left.append(" ".join(arguments))
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)

@@ -4,8 +4,6 @@ row ends exactly once, the killed run is marked abandoned, and what it committed
 from __future__ import annotations
 
 import signal
-import time
-from pathlib import Path
 
 import pytest
 
@@ -15,6 +13,7 @@ from tests.faults.conftest import (
     assert_clean_stderr,
     ledger_rows_of,
     loader_environment,
+    processes_left,
     run_id_of,
 )
 
@@ -36,7 +35,7 @@ def test_a_run_killed_at_a_kill_point_loses_and_doubles_nothing_on_the_rerun(
     env = loader_environment(url, tmp_path / "state")
     victim = start_run("killed", small_sample, {**env, "LOADER_KILL_AT": f"{point}:{passes}"})
     assert victim.finish() == -signal.SIGKILL, victim.stderr
-    assert not runs_left_on(small_sample), "the killed run's gate process died with it"
+    assert not processes_left("loader", "run", str(small_sample)), "its gate process died too"
     victim_id = run_id_of(url, victim)
     assert ledger_rows_of(url, victim_id) == settled
 
@@ -48,21 +47,3 @@ def test_a_run_killed_at_a_kill_point_loses_and_doubles_nothing_on_the_rerun(
     assert totals["batches_skipped"] == settled, "what the killed run committed is kept"
     assert totals["batches_read"] == 32 - settled
     assert_every_promise(url, small_sample)
-
-
-def runs_left_on(input_dir: Path, patience: float = 5.0) -> list[str]:
-    """Command lines of `loader run` processes (a run, or its forked gate process) still reading
-    `input_dir` after `patience` seconds."""
-    deadline = time.monotonic() + patience
-    while True:
-        left = []
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                words = cmdline.read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if "loader" in words and "run" in words and str(input_dir) in words:
-                left.append(" ".join(words))
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.1)

@@ -4,15 +4,12 @@ reused rather than landed again."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import httpx
 import pytest
 
 from loader.flow.kill_points import AFTER_RAW_LOAD
 from tests.conftest import running_server
-from tests.faults.conftest import assert_abandoned, query
+from tests.faults.conftest import assert_abandoned, processes_left, query
 
 pytestmark = [pytest.mark.database, pytest.mark.faults]
 
@@ -52,7 +49,7 @@ def test_a_server_killed_after_landing_leaves_no_gate_and_the_resent_body_settle
         with pytest.raises(httpx.TransportError):
             client.post(post.format("hired_employees"), json=hires_body())
         port = int(base.rsplit(":", 1)[1])
-        assert not servers_on(port), "the killed server's gate process died with it"
+        assert not processes_left("loader", "serve", str(port)), "its gate process died too"
 
     raw_rows = "select count(*) from raw.hired_employees"
     assert query(url, raw_rows) == [(HIRES,)], "the killed server landed the rows in raw"
@@ -71,21 +68,3 @@ def test_a_server_killed_after_landing_leaves_no_gate_and_the_resent_body_settle
         url, "select count(*) from audit.batches where table_name = 'hired_employees'"
     ) == [(1,)]
     assert_abandoned(url, killed_run)
-
-
-def servers_on(port: int, patience: float = 5.0) -> list[str]:
-    """Command lines of `loader serve` processes (a server, or its forked gate process) still
-    started for `port` after `patience` seconds."""
-    deadline = time.monotonic() + patience
-    while True:
-        left = []
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                words = cmdline.read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if "loader" in words and "serve" in words and str(port) in words:
-                left.append(" ".join(words))
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.1)
