@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-AFTER_VERDICT = "after_verdict"  # a chunk judged by GX, not yet handed to dlt
+AFTER_VERDICT = "after_verdict"  # a chunk judged by GX (in a file run, not yet handed to dlt)
 AFTER_RAW_LOAD = "after_raw_load"  # a land of judged chunks in raw, not handed to settling
 BEFORE_COMMIT = "before_commit"  # a batch's rows and ledger row written, not committed
 AFTER_COMMIT = "after_commit"  # a batch's settlement committed, the next not begun
