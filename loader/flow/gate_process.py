@@ -22,8 +22,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 
@@ -32,6 +35,7 @@ from loader.flow.gate import Gate, Judged
 from loader.tables import Table, table_named
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+T = TypeVar("T")
 
 _gate: Gate | None = None  # the child's gate
 
@@ -40,28 +44,45 @@ class GateProcess:
     """`Gate`'s `submit` and `build_docs`, done by a forked child process."""
 
     def __init__(self, context_dir: Path, state_dir: Path):
-        self._pool = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_open_gate,
-            initargs=(context_dir, state_dir, os.getpid()),
-        )
-        # The fork happens at the first submit: now, while this process has one thread, its
-        # imported objects frozen so that neither process's collector copies their pages.
-        heap.freeze()
-        self._pool.submit(_ready).result()
+        self._places = (context_dir, state_dir)
+        self._pool = self._start()
 
     def submit(
         self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
     ) -> Future[Judged]:
-        return self._pool.submit(_check, table.name, chunk, batch_ids, known_ids)
+        return self._submit(_check, table.name, chunk, batch_ids, known_ids)
 
     def build_docs(self) -> Path:
         return self.submit_docs().result()
 
     def submit_docs(self) -> Future[Path]:
         """The data docs built while this process goes on (a run's last lands and settling)."""
-        return self._pool.submit(_build_docs)
+        return self._submit(_build_docs)
+
+    def _start(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_open_gate,
+            initargs=(*self._places, os.getpid()),
+        )
+        # The fork happens at the first submit: now, while this process has one thread (a
+        # run's, or a server's before it serves), its imported objects frozen so that neither
+        # process's collector copies their pages.
+        heap.freeze()
+        pool.submit(_ready).result()
+        return pool
+
+    def _submit(self, work: Callable[..., T], *arguments) -> Future[T]:
+        """`work(*arguments)` in the gate process; a gate that died (the OOM killer, a stray
+        kill) is replaced by a new one first, so that a long-lived server does not fail every
+        request after it: what the dead one was judging fails, the next work succeeds."""
+        try:
+            return self._pool.submit(work, *arguments)
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False)
+            self._pool = self._start()
+            return self._pool.submit(work, *arguments)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,10 +1,13 @@
 """An API server SIGKILLed between landing a request's rows in raw and settling them: its gate
 process dies with it, and the same body sent to a new server is settled once, its raw copy
-reused rather than landed again."""
+reused rather than landed again. A server whose gate process alone was killed starts another."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
+import psutil
 import pytest
 
 from loader.flow.kill_points import AFTER_RAW_LOAD
@@ -68,3 +71,33 @@ def test_a_server_killed_after_landing_leaves_no_gate_and_the_resent_body_settle
         url, "select count(*) from audit.batches where table_name = 'hired_employees'"
     ) == [(1,)]
     assert_abandoned(url, killed_run)
+
+
+def test_a_server_whose_gate_process_was_killed_settles_the_next_request(fresh_database, tmp_path):
+    url = fresh_database
+    with running_server(url, tmp_path / "state", f"write:{WRITE}") as base:
+        port = base.rsplit(":", 1)[1]
+        (gate,) = [
+            process
+            for process in psutil.process_iter(["cmdline"])
+            if serves(process, port) and serves(process.parent(), port)
+        ]
+        gate.kill()
+        gate.wait(10)
+        time.sleep(1)  # the server's pool notices its worker's death
+        client = httpx.Client(
+            base_url=base, timeout=120, headers={"Authorization": f"Bearer {WRITE}"}
+        )
+        answer = client.post("/tables/departments/batches", json=[{"id": 1, "department": "Sales"}])
+        assert answer.status_code == 201, answer.text
+        assert len(processes_left("loader", "serve", port, patience=0)) == 2, "a new gate runs"
+    assert query(url, "select count(*) from core.departments") == [(1,)]
+
+
+def serves(process: psutil.Process | None, port: str) -> bool:
+    """Whether `process` is a `loader serve` on `port` (a server, or its forked gate)."""
+    try:
+        words = process.cmdline() if process is not None else []
+    except psutil.Error:
+        return False
+    return "serve" in words and port in words
