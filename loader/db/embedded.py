@@ -142,8 +142,15 @@ def _running_as_root() -> bool:
 
 
 def _free_port(start: int) -> int:
+    """The first port PostgreSQL can listen on: bound as it binds (SO_REUSEADDR), so that a
+    port held by an outgoing connection's local end, which nothing answers on, is not taken
+    for free (PostgreSQL then failed with "could not create any TCP/IP sockets")."""
     for port in range(start, start + 200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            if probe.connect_ex(("127.0.0.1", port)) != 0:
-                return port
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     raise EmbeddedServerError(f"no free TCP port on 127.0.0.1 between {start} and {start + 199}")
