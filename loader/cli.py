@@ -233,7 +233,7 @@ def progress_display():
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from loader.flow.run import run_files
+    from loader.flow.file_run import run_files
 
     settings = settings_from(args)
     with progress_display() as progress:
@@ -268,7 +268,7 @@ def command_runs(args: argparse.Namespace) -> int:
 
     from loader.db.connect import connect, database_url
     from loader.db.schema import ensure_schemas
-    from loader.flow.runs import mark_abandoned, recent_runs
+    from loader.flow.ledger import mark_abandoned, recent_runs
 
     with connect(database_url(settings_from(args)), autocommit=True) as conn:
         ensure_schemas(conn)
@@ -346,7 +346,7 @@ def command_db(args: argparse.Namespace) -> int:
 
 def command_marts(args: argparse.Namespace) -> int:
     from loader.db.connect import database_url
-    from loader.flow.state_folder import check_writable
+    from loader.flow.runtime.state_folder import check_writable
     from loader.marts.build import build_marts
 
     settings = settings_from(args)
@@ -394,7 +394,7 @@ def command_docs(args: argparse.Namespace) -> int:
 
 
 def command_expectations(args: argparse.Namespace) -> int:
-    from loader.flow.gate import write_context
+    from loader.flow.judge.context import write_context
     from loader.settings import EXPECTATIONS_DIR
 
     write_context(EXPECTATIONS_DIR)
@@ -452,10 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     from loader.api.tokens import TokenConfigError
     from loader.db.connect import DatabaseUnavailable, reason_of
     from loader.db.embedded import EmbeddedServerError
-    from loader.flow.cluster import ClusterUnavailable
-    from loader.flow.read import InputError
-    from loader.flow.run import RunBusy
-    from loader.flow.state_folder import StateFolderError
+    from loader.flow.errors import ClusterUnavailable, InputError, RunBusy, StateFolderError
 
     try:
         return COMMANDS[args.command](args)

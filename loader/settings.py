@@ -6,8 +6,8 @@ listed with its variable in `.env.example`.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,9 +15,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DATA_DIR = Path(__file__).parent / "sample_data"
 EXPECTATIONS_DIR = PROJECT_DIR / "expectations"
-MAX_BATCH_SIZE = 1000
+MAX_BATCH_SIZE = 1000  # rows in a batch, from a file or an API request: 1 to this
 
-Policy = Literal["reject_batch", "quarantine_rows"]
+
+class Policy(StrEnum):
+    """What a failing row holds back: its whole batch, or only itself."""
+
+    REJECT_BATCH = "reject_batch"
+    QUARANTINE_ROWS = "quarantine_rows"
 
 
 class Settings(BaseSettings):
@@ -35,7 +40,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         default=MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, alias="LOADER_BATCH_SIZE"
     )
-    policy: Policy = Field(default="reject_batch", alias="LOADER_POLICY")
+    policy: Policy = Field(default=Policy.REJECT_BATCH, alias="LOADER_POLICY")
     chunk_rows: int = Field(
         default=50_000,
         ge=1,

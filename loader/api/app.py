@@ -23,8 +23,8 @@ from loader.api.settlements import SettlementThreads
 from loader.api.throttle import FailureThrottle
 from loader.api.tokens import parse_tokens
 from loader.db.connect import DatabaseUnavailable
-from loader.flow import heap
-from loader.flow.requests import RequestSettler
+from loader.flow.api_run import RequestSettler
+from loader.flow.runtime import heap
 from loader.settings import Settings
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # 1000 rows of this data fit in a tenth of it

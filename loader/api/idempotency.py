@@ -25,12 +25,12 @@ from starlette.concurrency import run_in_threadpool
 
 from loader.api.limits import timed_out
 from loader.api.pool import DatabasePool
-from loader.flow.settle import FAILED, WAITING
+from loader.flow.model import BatchState
 
 log = logging.getLogger("loader.api")
 ABANDONED_AFTER = "10 minutes"  # a claim older than this, never answered, was left by a crash
 POLL_SECONDS = 0.2  # how often a request waiting for another with its key looks again
-UNSETTLED = [WAITING, FAILED]
+UNSETTLED = [BatchState.WAITING, BatchState.FAILED]
 
 CLAIM = """insert into audit.api_requests (idempotency_key, body_sha256)
 values (%(key)s, %(digest)s)

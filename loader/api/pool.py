@@ -1,7 +1,7 @@
 """The API's connection pool: its own queries (reports, audit look-ups, Idempotency-Keys, health)
 share a bounded set of connections instead of opening new ones per request.
 
-Settlements do not use it: `loader.flow.requests.RequestSettler` holds the request locks of
+Settlements do not use it: `loader.flow.api_run.RequestSettler` holds the request locks of
 the batches it settles together, and their run, on a connection of its own.
 """
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from loader.flow.requests import MOST_BATCHES
+from loader.flow.api_run import MOST_BATCHES
 
 log = logging.getLogger("loader.api")
 T = TypeVar("T")

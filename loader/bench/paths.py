@@ -19,7 +19,7 @@ def load_files(job: dict) -> Work:
     database: in this process, or with job["workers"] on a LocalCluster of that many
     single-threaded processes, started and closed inside the timed work as `run` does; their
     peaks then count in the step's (TREE)."""
-    from loader.flow.run import run_files
+    from loader.flow.file_run import run_files
     from loader.settings import Settings
 
     # Given, not read from the environment: LOADER_WORKERS there would put the in-process run

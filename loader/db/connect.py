@@ -111,3 +111,22 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
     except psycopg.Error as error:
         reason = scrub(reason_of(error), url)
         raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {reason}") from None
+
+
+def database_gone(url: str) -> bool:
+    """Whether the database at `url` fails to answer now: what tells a lost database from an
+    error of our own after a step failed."""
+    try:
+        with psycopg.connect(url, connect_timeout=3) as probe:
+            probe.execute("select 1")
+    except psycopg.Error:
+        return True
+    return False
+
+
+def lost_database(error: BaseException, url: str, consequence: str) -> DatabaseUnavailable:
+    """The one line for a database lost during work: the URL (password hidden), the driver's
+    reason, and what it means for what was being done."""
+    return DatabaseUnavailable(
+        f"lost the database {redact(url)} ({scrub(reason_of(error), url)}); {consequence}"
+    )

@@ -6,21 +6,35 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from loader.flow.settle import (
-    FAILED,
-    PARTIAL,
-    PROMOTED,
-    REJECTED,
-    SETTLED,
-    WAITING,
-    Settlement,
-)
+from loader.flow.model import SETTLED, BatchState, RunStatus, Settlement
+
+
+class Stage(StrEnum):
+    """The stages a run's busy time is counted by (they overlap: their sum exceeds `elapsed`)."""
+
+    COUNT = "count"  # a cluster run's counting pass
+    READ = "read"
+    VALIDATE = "validate"
+    RAW_LOAD = "raw load"
+    PROMOTE = "promote"
+    DATA_DOCS = "data docs"
+    DBT_BUILD = "dbt build"
+    ELAPSED = "elapsed"  # the run's wall-clock time
+
+
+class MartsStatus(StrEnum):
+    """What the run's `dbt build` did."""
+
+    NOT_BUILT = "not built"
+    REBUILT = "rebuilt"
+    FAILED = "dbt build failed"
 
 
 @dataclass
@@ -54,8 +68,8 @@ class TableSummary:
             self.batches_skipped += 1
             self.rows_skipped += rows
             return True
-        self.batches_rejudged += state == WAITING
-        self.batches_retried += state == FAILED
+        self.batches_rejudged += state == BatchState.WAITING
+        self.batches_retried += state == BatchState.FAILED
         return False
 
     def add(self, settlement: Settlement) -> None:
@@ -64,11 +78,11 @@ class TableSummary:
             self.batches_skipped += 1
             self.rows_skipped += settlement.batch.rows
             return
-        self.batches_promoted += settlement.status == PROMOTED
-        self.batches_partially_promoted += settlement.status == PARTIAL
-        self.batches_rejected += settlement.status == REJECTED
-        self.batches_waiting += settlement.status == WAITING
-        self.batches_failed += settlement.status == FAILED
+        self.batches_promoted += settlement.status == BatchState.PROMOTED
+        self.batches_partially_promoted += settlement.status == BatchState.PARTIALLY_PROMOTED
+        self.batches_rejected += settlement.status == BatchState.REJECTED
+        self.batches_waiting += settlement.status == BatchState.WAITING
+        self.batches_failed += settlement.status == BatchState.FAILED
         self.rows_promoted += settlement.rows_promoted
         self.rows_held_back += settlement.rows_rejected
         self.rows_failing += len(settlement.rejected_rows)
@@ -99,7 +113,7 @@ BATCH_COLUMNS = {
 
 @dataclass
 class RunSummary:
-    """The whole run; `status` is 'completed' or 'failed'."""
+    """The whole run; `status` is `completed` or `failed`."""
 
     run_id: str
     input: str
@@ -107,11 +121,11 @@ class RunSummary:
     policy: str
     tables: list[TableSummary] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    status: str = "completed"
+    status: RunStatus = RunStatus.COMPLETED
     log_dir: str = ""
     data_docs: str = ""
     marts: dict = field(default_factory=dict)
-    marts_status: str = "not built"
+    marts_status: MartsStatus = MartsStatus.NOT_BUILT
     marts_failures: list[str] = field(default_factory=list)
 
     def total(self, name: str) -> int:

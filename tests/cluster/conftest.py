@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
 from loader.sample import write_sample
 from loader.settings import Settings
 from loader.tables import TABLES

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from distributed import LocalCluster
 
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
 from tests.cluster.conftest import (
     REPEATED_ID,
     REPEATED_NAME,

@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, running_server, settings_for
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from loader.db.locks import TABLE
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
 from loader.sample import write_sample
 from tests.conftest import running_server, settings_for
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, settings_for, with_database
 

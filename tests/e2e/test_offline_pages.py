@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, running_server, settings_for
 from tests.e2e.browsers import BROWSER_TEST, CHROMIUM

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import psycopg
 
-from loader.flow.read import RawBatch, read_batches
+from loader.flow.model import RawBatch
+from loader.flow.source.csv_reader import read_batches
 from loader.tables import TABLES, Table
 
 PROMOTED, PARTIAL, REJECTED, WAITING = "promoted", "partially_promoted", "rejected", "waiting"

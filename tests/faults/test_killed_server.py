@@ -10,7 +10,7 @@ import httpx
 import psutil
 import pytest
 
-from loader.flow.kill_points import AFTER_RAW_LOAD
+from loader.flow.runtime.kill_points import AFTER_RAW_LOAD
 from tests.conftest import running_server
 from tests.faults.conftest import assert_abandoned, processes_left, query
 

@@ -24,7 +24,7 @@ from backup.store import (
     prune,
     verify_backup,
 )
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, settings_for
 

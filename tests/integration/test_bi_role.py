@@ -20,7 +20,7 @@ from pgserver._commands import POSTGRES_BIN_PATH
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader.cli import parser
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
 from loader.marts.build import build_marts
 from loader.marts.queries import REPORTS
 from loader.sample import write_sample

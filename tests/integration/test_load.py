@@ -9,8 +9,8 @@ import shutil
 import psycopg
 import pytest
 
-from loader.flow.read import InputError
-from loader.flow.run import run_files
+from loader.flow.errors import InputError
+from loader.flow.file_run import run_files
 from loader.sample import write_sample
 from loader.tables import TABLES
 from tests.conftest import settings_for

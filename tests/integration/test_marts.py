@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from loader.db.roles import grant_marts_reader
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
 from loader.marts.build import build_marts
 from loader.sample import write_sample
 from tests.conftest import settings_for, with_database

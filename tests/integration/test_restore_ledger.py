@@ -19,7 +19,7 @@ from backup.ledger import LEDGER
 from backup.restore import restore_table
 from backup.store import create_backup, find_backup, verify_backup
 from loader.db.locks import table_lock
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
 from loader.sample import write_sample
 from tests.conftest import settings_for, with_database
 

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from loader.flow.gate import Gate
-from loader.flow.read import read_stream, to_arrow
-from loader.flow.rules import instant_helper, integer_helper, validation_frame
-from loader.flow.run import run_files
-from loader.flow.settle import cast_field
+from loader.flow.file_run import run_files
+from loader.flow.judge.gate import InProcessGate
+from loader.flow.judge.rules import instant_helper, integer_helper, validation_frame
+from loader.flow.settle.statements import cast_field
+from loader.flow.source.csv_reader import read_stream, to_arrow
 from loader.settings import EXPECTATIONS_DIR
 from loader.tables import (
     DEPARTMENTS,
@@ -73,7 +73,7 @@ end $$
 
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory):
-    return Gate(EXPECTATIONS_DIR, tmp_path_factory.mktemp("gx"))
+    return InProcessGate(EXPECTATIONS_DIR, tmp_path_factory.mktemp("gx"))
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 
 from loader.db.schema import MIGRATIONS_DIR, core_table_ddl
-from loader.flow.gate import Gate
-from loader.flow.read import read_batches
-from loader.flow.run import run_files
+from loader.flow.file_run import run_files
+from loader.flow.judge.gate import InProcessGate
+from loader.flow.source.csv_reader import read_batches
 from loader.tables import TABLES, table_named
 from tests.conftest import settings_for
 
@@ -91,7 +91,7 @@ def test_with_quarantine_only_the_rows_of_a_missing_department_wait(clean, tmp_p
 def rules_that_miss(monkeypatch, line):
     """The gate with one line's failures forgotten: a stand-in for a value the rules let through
     and PostgreSQL refuses. test_rules_agree_with_postgres.py finds none today; the net stays."""
-    check = Gate.check
+    check = InProcessGate.check
 
     def forgetful(self, *args, **kwargs):
         verdicts = check(self, *args, **kwargs)
@@ -99,7 +99,7 @@ def rules_that_miss(monkeypatch, line):
             verdict.failing_rows.pop(line, None)
         return verdicts
 
-    monkeypatch.setattr(Gate, "check", forgetful)
+    monkeypatch.setattr(InProcessGate, "check", forgetful)
 
 
 @pytest.mark.parametrize(

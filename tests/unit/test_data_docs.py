@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from loader.flow.gate import Gate
+from loader.flow.judge.gate import InProcessGate
 from loader.settings import EXPECTATIONS_DIR
 from loader.tables import DEPARTMENTS, JOBS
 from loader.web.data_docs import MANIFEST, VENDOR, offline_page, remote_assets, vendored
@@ -25,7 +25,7 @@ LOCAL_ASSET = re.compile(r"""<(?:script|link)\b[^>]*\b(?:src|href)="([^"#]+)\"""
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     state = tmp_path_factory.mktemp("gx")
-    gate = Gate(EXPECTATIONS_DIR, state)
+    gate = InProcessGate(EXPECTATIONS_DIR, state)
     departments = [batch_of([["1", "Sales"], ["x", "Legal"]], table=DEPARTMENTS, first_line=3)]
     check(gate, DEPARTMENTS, departments, {})
     check(gate, JOBS, [batch_of([["1", "Clerk"]], table=JOBS)], {})
@@ -91,7 +91,7 @@ def test_rewriting_touches_the_head_and_logo_only_and_twice_changes_nothing():
 
 
 def test_a_site_built_before_gets_its_older_pages_made_offline_too(tmp_path):
-    gate = Gate(EXPECTATIONS_DIR, tmp_path)
+    gate = InProcessGate(EXPECTATIONS_DIR, tmp_path)
     check(gate, JOBS, [batch_of([["1", "Clerk"]], table=JOBS)], {})
     site = gate.build_docs().parent
     older = next((site / "validations").rglob("*.html"))

@@ -7,9 +7,11 @@ import shutil
 
 import pytest
 
-from loader.flow.gate import Gate, write_context
-from loader.flow.read import RawBatch, to_arrow
-from loader.flow.rules import instant_helper, suite_for, validation_frame
+from loader.flow.judge.context import write_context
+from loader.flow.judge.gate import InProcessGate
+from loader.flow.judge.rules import instant_helper, suite_for, validation_frame
+from loader.flow.model import RawBatch
+from loader.flow.source.csv_reader import to_arrow
 from loader.settings import EXPECTATIONS_DIR
 from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES, JOBS, TABLES
 
@@ -19,7 +21,7 @@ KNOWN = {"departments": [1, 2], "jobs": [1]}
 
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory):
-    return Gate(EXPECTATIONS_DIR, tmp_path_factory.mktemp("gx"))
+    return InProcessGate(EXPECTATIONS_DIR, tmp_path_factory.mktemp("gx"))
 
 
 def batch_of(rows, batch_id="b1", first_line=1, table=HIRED_EMPLOYEES, decode_errors=None):
@@ -168,7 +170,7 @@ def test_failing_rows_are_mapped_back_to_their_own_batch(gate):
 
 
 def test_every_validation_is_stored_and_shown_in_the_data_docs(tmp_path):
-    gate = Gate(EXPECTATIONS_DIR, tmp_path)
+    gate = InProcessGate(EXPECTATIONS_DIR, tmp_path)
     check(gate, DEPARTMENTS, [batch_of([["1", "Sales"], ["x", "Legal"]], table=DEPARTMENTS)], {})
     check(gate, JOBS, [batch_of([["1", "Clerk"]], table=JOBS)], {})
     index = gate.build_docs()

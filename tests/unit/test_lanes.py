@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from loader.flow.lanes import key_ranges, lanes
+from loader.flow.settle.lanes import key_ranges, lanes
 from loader.tables import HIRED_EMPLOYEES
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from loader.flow.read import NOT_UTF8, NUL_BYTE, InputError, ReadCounts, read_batches
+from loader.flow.errors import InputError
+from loader.flow.model import ReadCounts
+from loader.flow.source.csv_reader import NOT_UTF8, NUL_BYTE, read_batches
 from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES
 
 ROW = b"1,Ana Silva,2021-03-01T10:00:00Z,2,3"

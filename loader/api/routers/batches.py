@@ -27,8 +27,9 @@ from loader.api.schemas import (
     RunRecord,
     errors,
 )
-from loader.flow.read import InputError, RawBatch, batch_id, escape_text, read_stream
-from loader.flow.settle import FAILED, PARTIAL, PROMOTED
+from loader.flow.errors import InputError
+from loader.flow.model import BatchState, RawBatch
+from loader.flow.source.csv_reader import batch_id, escape_text, read_stream
 from loader.tables import TABLES_BY_NAME, Table
 
 router = APIRouter(tags=["batches"])
@@ -124,9 +125,12 @@ def answer(
         reasons=reasons,
         replayed=replayed,
     ).model_dump(mode="json")
-    if status == FAILED:
+    if status == BatchState.FAILED:
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-    return JSONResponse(body, status_code=201 if status in (PROMOTED, PARTIAL) else 200)
+    return JSONResponse(
+        body,
+        status_code=201 if status in (BatchState.PROMOTED, BatchState.PARTIALLY_PROMOTED) else 200,
+    )
 
 
 ROWS_SCHEMA = {

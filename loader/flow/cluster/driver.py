@@ -1,13 +1,13 @@
 """A file run on Dask: `run --workers N` (a LocalCluster) or `run --scheduler URL` (a cluster).
 
-The same run as `run.run_files`, with reading, judging and landing spread over workers:
-1. count: each file's pieces are counted in parallel (`ranges.count_piece`), which places every
-   batch exactly where the sequential reader puts it;
-2. judge: tasks of whole batches (`tasks.judge_share`), the tables others reference first;
+The same run as `file_run.LoadHere`, with reading, judging and landing spread over workers:
+1. count: each file's pieces are counted in parallel (`source.pieces.count_piece`), which
+   places every batch exactly where the sequential reader puts it;
+2. judge: tasks of whole batches (`worker.judge_share`), the tables others reference first;
    their accepted ids are broadcast to the workers for the reference rule of the rest;
 3. settle: only once every task has been judged (a malformed line anywhere stops the run with
    nothing promoted), through the one settlement engine, on the driver: table after table, a
-   table's batches on several connections at once (`settling.py`).
+   table's batches on several connections at once (`settle.line`).
 
 Batch ids, lines, verdicts, ledger rows and counts are those of a sequential run. The input
 must be readable at the same absolute path by every worker (a shared folder), and so must the
@@ -25,18 +25,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from loader.flow.gate import Gate
-from loader.flow.ranges import count_piece, cut, place, shares
-from loader.flow.run import (
-    Progress,
-    Run,
-    known_ids,
-)
-from loader.flow.settle import SETTLED
-from loader.flow.summary import RunSummary, TableSummary
-from loader.flow.tasks import Job, TaskResult, judge_share
+from loader.flow.cluster.worker import Job, TaskResult, judge_share
+from loader.flow.errors import ClusterUnavailable
+from loader.flow.judge.gate import InProcessGate
+from loader.flow.land import RawLoader
+from loader.flow.model import SETTLED
+from loader.flow.pipeline import Progress, Run, known_ids
+from loader.flow.source.pieces import count_piece, cut, place, shares
+from loader.flow.summary import RunSummary, Stage, TableSummary
 from loader.settings import EXPECTATIONS_DIR, Settings
-from loader.tables import TABLES, Table
+from loader.tables import TABLES, Table, table_named
 
 
 @dataclass
@@ -52,10 +50,6 @@ class ClusterSummary(RunSummary):
                 f"  worker {worker}: {work['tasks']} tasks, {work['batches']} batches, "
                 f"{work['rows_landed']:,} rows landed, {work['seconds']:.2f}s busy"
             )
-
-
-class ClusterUnavailable(RuntimeError):
-    """The Dask scheduler named by `--scheduler` cannot be reached: nothing was read or written."""
 
 
 @contextmanager
@@ -93,15 +87,12 @@ class ClusterRun(Run):
     def __init__(self, *arguments, **options):
         super().__init__(*arguments, **options)
         self.url = self.raw.url
-        self.summary = ClusterSummary(
-            self.run_id, self.summary.input, self.batch_size, self.policy, log_dir=str(self.log_dir)
-        )
-        self.seconds = {"count": 0.0, **self.seconds}
+        self.seconds = {Stage.COUNT: 0.0, **self.seconds}
 
-    @staticmethod
-    def file_gate(settings: Settings) -> Gate:
-        """The workers judge; the run's own gate builds the data docs of their validations."""
-        return Gate(EXPECTATIONS_DIR, settings.gx_state_dir)
+    def new_summary(self, label: str) -> ClusterSummary:
+        return ClusterSummary(
+            self.run_id, label, self.batch_size, self.policy, log_dir=str(self.log_dir)
+        )
 
     def spread(self, client, files: dict[str, Path]) -> None:
         """Count, judge and land every file on the cluster, then settle every batch."""
@@ -139,7 +130,7 @@ class ClusterRun(Run):
             summary.lines = sum(count.lines for count in counts)
             summary.blank_lines = sum(count.blank_lines for count in counts)
             summary.rows_read = sum(count.rows for count in counts)
-        self.seconds["count"] = time.perf_counter() - started
+        self.seconds[Stage.COUNT] = time.perf_counter() - started
         return placed
 
     def _judge(
@@ -170,9 +161,8 @@ class ClusterRun(Run):
 
     def _tally_results(self, results: list[TaskResult]) -> None:
         """The counts a sequential run makes while reading, and which worker did what."""
-        summaries = self._summaries
         for result in results:
-            summary = summaries[result.table]
+            summary = self.summary_of(table_named(result.table))
             for judged in result.batches:
                 if summary.count_earlier(judged.earlier, judged.batch.rows):
                     continue
@@ -191,10 +181,9 @@ class ClusterRun(Run):
 
     def _settle(self, results: list[TaskResult]) -> None:
         """Every unsettled batch through the settlement engine, table after table, each on
-        `settle_connections` connections at once (`settling.SettleLine`)."""
-        tables = {table.name: table for table in TABLES}
+        `settle_connections` connections at once (`settle.line.SettleLine`)."""
         landed = [
-            (tables[result.table], judged.batch, judged.verdict, judged.keys)
+            (table_named(result.table), judged.batch, judged.verdict, judged.keys)
             for result in results
             for judged in result.batches
             if judged.earlier not in SETTLED
@@ -204,11 +193,22 @@ class ClusterRun(Run):
 
 
 class LoadOnCluster:
-    """`run.run_files`' loading on Dask: a `ClusterRun` spread over the client's workers."""
+    """`file_run`'s loading on Dask: a `ClusterRun` spread over the client's workers. The
+    workers judge; the run's own in-process gate builds the data docs of their validations."""
 
     def __init__(self, settings: Settings, conn, url: str, progress: Progress | None):
         self.settings = settings
-        self.run = ClusterRun.of_files(settings, conn, url, progress)
+        self.run = ClusterRun(
+            settings,
+            conn,
+            InProcessGate(EXPECTATIONS_DIR, settings.gx_state_dir),
+            RawLoader(url, settings.dlt_dir),
+            str(settings.input_dir),
+            settings.policy,
+            settings.batch_size,
+            progress,
+            keep_settlements=False,
+        )
 
     def load(self, files: dict[str, Path]) -> None:
         settings = self.settings
@@ -219,3 +219,9 @@ class LoadOnCluster:
 
     def cancel(self) -> None:
         """Nothing of its own to stop: leaving `dask_client` closed the cluster."""
+
+    def __enter__(self) -> LoadOnCluster:
+        return self
+
+    def __exit__(self, *exception) -> None:
+        """Nothing to release: the in-process gate lives as long as the run."""

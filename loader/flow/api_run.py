@@ -26,23 +26,20 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import psycopg
-import pyarrow as pa
 
-from loader.db.connect import DatabaseUnavailable, connect, reason_of, redact
+from loader.db.connect import DatabaseUnavailable, connect, database_gone, lost_database
 from loader.db.locks import request_lock
 from loader.db.schema import ensure_schemas
-from loader.flow.gate import Gate, Judged
-from loader.flow.gate_process import GateProcess
-from loader.flow.raw import RawLoader
-from loader.flow.read import RawBatch, ReadCounts
-from loader.flow.run import Run, Source
-from loader.flow.runs import mark_abandoned
-from loader.flow.settle import SETTLED, BatchInfo, Settlement, recorded
-from loader.settings import EXPECTATIONS_DIR, Settings
-from loader.tables import LINE_NUMBER, TABLES, Table
+from loader.flow.judge.gate_process import ForkedGate
+from loader.flow.judge.renumbering import RenumberingGate
+from loader.flow.land import RawLoader
+from loader.flow.ledger import batch_states, mark_abandoned, recorded
+from loader.flow.model import SETTLED, BatchInfo, BatchState, RawBatch, ReadCounts, Settlement
+from loader.flow.pipeline import Run, Source
+from loader.settings import EXPECTATIONS_DIR, Policy, Settings
+from loader.tables import TABLES, Table
 
 MOST_BATCHES = 50  # at most 50,000 rows: one GX pass at the default Settings.chunk_rows
 # A run saved is worth a wait. The first request waits GATHER_FLOOR for others sent at the same
@@ -62,53 +59,13 @@ class Request:
 
     table: Table
     batch: RawBatch
-    policy: str
+    policy: Policy
     answer: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
 
     @property
     def info(self) -> BatchInfo:
         return BatchInfo.of(self.batch)
-
-
-class RequestGate:
-    """The gate for batches that each number their rows from 1.
-
-    The gate maps a failing row back to its batch by line number, which is unique among the
-    batches of one file but not among API batches. So the checkpoint sees the rows numbered by
-    their place in the chunk, and each failing row gets its own line back afterwards: raw, the
-    ledger and the answers keep the request's line numbers (the data docs show the places).
-    """
-
-    def __init__(self, gate: Gate | GateProcess):
-        self.gate = gate
-
-    def submit(
-        self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
-    ) -> Future[Judged]:
-        lines = chunk[LINE_NUMBER].to_pylist()
-        places = pa.array(range(1, chunk.num_rows + 1), pa.int64())
-        numbered = chunk.set_column(chunk.schema.get_field_index(LINE_NUMBER), LINE_NUMBER, places)
-        renumbered: Future[Judged] = Future()
-
-        def renumber(judged: Future[Judged]) -> None:
-            if judged.exception() is not None:
-                renumbered.set_exception(judged.exception())
-                return
-            for verdict in judged.result().verdicts.values():
-                verdict.failing_rows = {
-                    lines[place - 1]: found for place, found in verdict.failing_rows.items()
-                }
-            renumbered.set_result(judged.result())
-
-        self.gate.submit(table, numbered, batch_ids, known_ids).add_done_callback(renumber)
-        return renumbered
-
-    def build_docs(self) -> Path:
-        return self.gate.build_docs()
-
-    def close(self) -> None:
-        self.gate.close()
 
 
 class RequestSettler:
@@ -126,7 +83,7 @@ class RequestSettler:
             mark_abandoned(conn)
         # Checkpoints run in a process of their own while this one lands the same rows in raw.
         # Forked now: the server has started no thread yet.
-        self.gate = RequestGate(GateProcess(EXPECTATIONS_DIR, settings.gx_state_dir))
+        self.gate = RenumberingGate(ForkedGate(EXPECTATIONS_DIR, settings.gx_state_dir))
         self.raw = RawLoader(url, settings.dlt_dir / "api")
         self.gate_lock = threading.Lock()  # one run at a time; the data docs between runs
         self.docs_behind = False  # validations made that the data docs do not show yet
@@ -143,7 +100,7 @@ class RequestSettler:
         self.thread.join()
         self.gate.close()
 
-    def settle(self, table: Table, batch: RawBatch, policy: str) -> Settlement:
+    def settle(self, table: Table, batch: RawBatch, policy: Policy) -> Settlement:
         """The batch's settlement: made now, or the earlier one (`replayed`). Blocks; raises
         DatabaseUnavailable when the database is gone (nothing of the batch was settled)."""
         request = Request(table, batch, policy)
@@ -202,7 +159,7 @@ class RequestSettler:
             requests.append(request)
         return requests
 
-    def _settle_together(self, requests: list[Request], policy: str) -> None:
+    def _settle_together(self, requests: list[Request], policy: Policy) -> None:
         """One run over the batches of `requests` the ledger has not settled; each request
         answered as soon as its batch's settlement is known."""
         by_id: dict[str, list[Request]] = {}
@@ -211,12 +168,7 @@ class RequestSettler:
         with connect(self.url, autocommit=True) as conn, ExitStack() as locks:
             for batch_id in sorted(by_id):
                 locks.enter_context(request_lock(conn, batch_id))
-            ledger = dict(
-                conn.execute(
-                    "select batch_id, status from audit.batches where batch_id = any(%s)",
-                    (list(by_id),),
-                ).fetchall()
-            )
+            ledger = batch_states(conn, by_id)
             unsettled = [
                 same[0] for batch_id, same in by_id.items() if ledger.get(batch_id) not in SETTLED
             ]
@@ -235,8 +187,8 @@ class RequestSettler:
         self,
         conn: psycopg.Connection,
         requests: list[Request],
-        policy: str,
-        ledger: dict[str, str],
+        policy: Policy,
+        ledger: dict[str, BatchState],
     ) -> tuple[list[Settlement], Exception | None]:
         """The batches' settlements from one run on `conn` (none without batches), and the
         error that stopped the run before it settled them all."""
@@ -274,17 +226,9 @@ class RequestSettler:
 
     def _unavailable(self, error: Exception) -> Exception:
         """DatabaseUnavailable (503) when the database does not answer, else `error` itself."""
-        if isinstance(error, DatabaseUnavailable):
+        if isinstance(error, DatabaseUnavailable) or not database_gone(self.url):
             return error
-        try:
-            with psycopg.connect(self.url, connect_timeout=3) as probe:
-                probe.execute("select 1")
-        except psycopg.Error:
-            return DatabaseUnavailable(
-                f"lost the database {redact(self.url)} ({reason_of(error)}); nothing of the "
-                "request was settled: send it again"
-            )
-        return error
+        return lost_database(error, self.url, "nothing of the request was settled: send it again")
 
 
 def _source(batches: list[RawBatch]) -> Source:

@@ -12,6 +12,8 @@ import os
 from contextlib import suppress
 from pathlib import Path
 
+from loader.flow.errors import StateFolderError
+
 PROBE_BYTES = 1 << 20  # a run writes dlt's load files here; less room than this cannot hold them
 WRITE_ERRORS = {
     errno.ENOSPC,
@@ -23,10 +25,6 @@ WRITE_ERRORS = {
     errno.EEXIST,
     errno.EFBIG,
 }
-
-
-class StateFolderError(RuntimeError):
-    """The state folder cannot be written; the message names it and says why."""
 
 
 def check_writable(folder: Path) -> None:

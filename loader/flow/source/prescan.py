@@ -8,7 +8,7 @@ judging (Python's). The pass runs the very reader the run uses (`read_batches`),
 cannot disagree, on the second core while the run judges its first chunk; the run lands nothing
 until the pass said the input is whole.
 
-`python -m loader.flow.prescan TABLE=PATH ... --batch-size B` exits 0 when every file reads,
+`python -m loader.flow.source.prescan TABLE=PATH ... --batch-size B` exits 0 when every file reads,
 or `INPUT_ERROR` with the reader's one line (file, line, field) on stderr.
 """
 
@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loader.flow.read import InputError, read_batches
+from loader.flow.errors import InputError
+from loader.flow.source.csv_reader import read_batches
 from loader.tables import TABLES, Table
 
 INPUT_ERROR = 3

@@ -1,8 +1,9 @@
-"""Keeping a run's resident memory flat and small whatever the input's size (issue 12: at most
-512 MB at any size).
+"""Keeping a run's resident memory flat and small whatever the input's size (at most 512 MB at
+any size).
 
 A run allocates and frees the same large buffers again and again: Arrow chunks, pandas frames,
-dlt's files. Three settings keep what is freed from staying resident:
+dlt's files. `configure` (called once by each process that loads: a run, the API server, a
+cluster worker) sets two of the three things that keep what is freed from staying resident:
 
 - pyarrow's default pool (mimalloc) keeps what Arrow frees for Arrow alone; the system pool
   hands it back to malloc, where pandas, GX and dlt reuse it (about 50 MB less at the peak).
@@ -34,11 +35,15 @@ import pyarrow as pa
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 256 * 1024
 
-pa.set_memory_pool(pa.system_memory_pool())
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None
 _TRIM = getattr(_LIBC, "malloc_trim", None)
-if _TRIM is not None:  # glibc (musl's mallopt ignores the setting)
-    _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def configure() -> None:
+    """Arrow's frees back to malloc, and every large buffer in a mapping of its own."""
+    pa.set_memory_pool(pa.system_memory_pool())
+    if _TRIM is not None:  # glibc (musl's mallopt ignores the setting)
+        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def freeze() -> None:

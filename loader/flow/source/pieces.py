@@ -1,7 +1,7 @@
 """A file cut into line-aligned byte ranges, and each range read as the sequential reader would.
 
 A worker of a cluster reads one share of a file, yet its batches must be the ones a
-sequential run cuts (`read.read_stream`): the same first lines, rows and bytes, hence the same
+sequential run cuts (`csv_reader.read_stream`): the same first lines, rows and bytes, hence the same
 batch ids. A batch is `batch_size` consecutive data rows counted from the start of the file,
 so a worker must know where its share starts in lines and in data rows. A counting pass
 (`count_piece`, one task per piece, in parallel) finds how many lines and data rows each piece
@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from loader.flow.read import BOM, InputError, RawBatch, ReadCounts, read_stream
+from loader.flow.errors import InputError
+from loader.flow.model import RawBatch, ReadCounts
+from loader.flow.source.csv_reader import BOM, read_stream
 from loader.tables import Table
 
 PIECE_BYTES = 16 * 1024 * 1024  # per counting task: a fraction of a second to count
@@ -118,7 +120,7 @@ def shares(table: Table, placed: list[Piece], rows: int, task_rows: int) -> list
 
 
 def read_share(share: Share, source: str, batch_size: int) -> Iterator[RawBatch]:
-    """The share's batches, exactly as `read.read_stream` cuts them from the whole file.
+    """The share's batches, exactly as `csv_reader.read_stream` cuts them from the whole file.
 
     Rows before the share's first are skipped unparsed (the task before reads them); from its
     first row on, the strict reader itself reads `end_row - first_row` data rows, so a

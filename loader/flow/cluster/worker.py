@@ -1,13 +1,13 @@
 """What a Dask worker does with one share of a file: read, judge, land in raw; answer small.
 
-A task reads its whole batches itself (`ranges.read_share`: rows never travel through the
-scheduler), skips those the ledger has settled, judges the rest with the GX gate and lands them
-in raw with dlt, then returns only what the driver needs to settle and summarise: batch infos,
-verdicts, the ledger's earlier states, accepted ids and timings. Settling is the driver's, once
-every task has been judged.
+A task reads its whole batches itself (`source.pieces.read_share`: rows never travel through
+the scheduler), skips those the ledger has settled, judges the rest with the GX gate chunk by
+chunk (`source.chunks.gather`, the file run's caps) and lands them in raw with dlt, then returns
+only what the driver needs to settle and summarise: batch infos, verdicts, the ledger's earlier
+states, accepted ids and timings. Settling is the driver's, once every task has been judged.
 
 A task may run twice (its worker died and Dask ran it again): batches whole in raw from an
-earlier attempt or run are reused (`settle.raw_copies`), and rows this run left half-landed are
+earlier attempt or run are reused (`land.raw_copies`), and rows this run left half-landed are
 deleted before landing again, so raw never holds a batch twice under one run id.
 
 Each worker thread keeps one GX context and one dlt pipeline (in the worker's own folder):
@@ -20,23 +20,23 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg import sql
 
 from loader.db.connect import connect
-from loader.flow.gate import Gate, Verdict
-from loader.flow.lanes import Keys, key_ranges
-from loader.flow.ranges import Share, read_share
-from loader.flow.raw import RawLoader
-from loader.flow.read import RawBatch, to_arrow
-from loader.flow.run import accepted_ids
-from loader.flow.settle import SETTLED, BatchInfo, ensure_raw_index, raw_copies
-from loader.settings import EXPECTATIONS_DIR
+from loader.flow.judge.gate import InProcessGate
+from loader.flow.land import RawLoader, ensure_raw_index, raw_copies, without_copies
+from loader.flow.ledger import batch_states
+from loader.flow.model import SETTLED, BatchInfo, BatchState, RawBatch, Verdict, accepted_ids
+from loader.flow.runtime import heap
+from loader.flow.settle.lanes import Keys, key_ranges
+from loader.flow.source.chunks import gather
+from loader.flow.source.pieces import Share, read_share
+from loader.flow.summary import Stage
+from loader.settings import EXPECTATIONS_DIR, Policy
 from loader.tables import BATCH_ID, Table, dependents_of
 
 
@@ -47,18 +47,18 @@ class Job:
     url: str
     gx_state_dir: str
     run_id: str
-    policy: str
+    policy: Policy
     batch_size: int
     chunk_rows: int
 
 
 @dataclass
-class Judged:
+class JudgedBatch:
     """One batch of a share: its lineage, its ledger state before the run, and its verdict
     (None when the ledger had it settled)."""
 
     batch: BatchInfo
-    earlier: str | None
+    earlier: BatchState | None
     verdict: Verdict | None
     keys: Keys = None  # smallest and largest id it may promote: its settle lane
 
@@ -70,49 +70,62 @@ class TaskResult:
     table: str
     first_row: int
     worker: str
-    batches: list[Judged]
+    batches: list[JudgedBatch]
     accepted: list[int]  # ids it promotes, for tables others reference (their reference rule)
     rows_landed: int
-    seconds: dict[str, float]
+    seconds: dict[Stage, float]
     validated: list = field(default_factory=list)  # GX result identifiers, for the data docs
+
+
+class _ThreadTools(threading.local):
+    """A worker thread's own gate and dlt pipeline, made on its first task."""
+
+    gate: InProcessGate | None = None
+    gate_dir: str | None = None
+    raw: RawLoader | None = None
+
+
+_tools = _ThreadTools()
 
 
 def judge_share(
     job: Job, share: Share, source: str, known: dict[str, list[int]] | None = None
 ) -> TaskResult:
     """Read, judge and land one share; `known` holds the ids the reference rule accepts."""
+    heap.configure()
     table = share.table
-    seconds = dict.fromkeys(("read", "validate", "raw load"), 0.0)
+    seconds = dict.fromkeys((Stage.READ, Stage.VALIDATE, Stage.RAW_LOAD), 0.0)
     started = time.perf_counter()
     batches = list(read_share(share, source, job.batch_size))
-    seconds["read"] += time.perf_counter() - started
-    gate = _gate(job.gx_state_dir, threading.get_ident())
+    seconds[Stage.READ] += time.perf_counter() - started
+    gate = _gate(job)
     validated_before = len(gate.validated)
     with connect(job.url, autocommit=True) as conn:
-        earlier = _ledger_states(conn, [batch.batch_id for batch in batches])
+        earlier = batch_states(conn, [batch.batch_id for batch in batches])
         pending = [batch for batch in batches if earlier.get(batch.batch_id) not in SETTLED]
         referenced = {c.references: (known or {})[c.references] for c in table.foreign_keys}
         verdicts, accepted, chunks, keys = {}, [], [], {}
         # Only ids other tables point at travel back: a hires task's would be every row's.
         referenced_by_others = bool(dependents_of(table))
-        for part in _chunked(pending, job.chunk_rows):
+        gathered = gather(table, pending, job.run_id, job.chunk_rows, referenced_by_others)
+        for part in gathered:
             started = time.perf_counter()
-            chunk = to_arrow(table, part, job.run_id)
-            seconds["read"] += time.perf_counter() - started
+            chunk = part.arrow()
+            seconds[Stage.READ] += time.perf_counter() - started
             started = time.perf_counter()
-            found = gate.check(table, chunk, [batch.batch_id for batch in part], referenced)
-            seconds["validate"] += time.perf_counter() - started
+            found = gate.check(table, chunk, [info.batch_id for info in part.infos], referenced)
+            seconds[Stage.VALIDATE] += time.perf_counter() - started
             verdicts.update(found)
             chunks.append(chunk)
             keys.update(key_ranges(table, chunk))
-            for batch in part if referenced_by_others else ():
+            for batch in part.batches:
                 accepted += accepted_ids(table, batch, found[batch.batch_id], job.policy)
         started = time.perf_counter()
         copies = raw_copies(conn, table, {batch.batch_id: batch.rows for batch in pending})
         rows_landed = _land(conn, job, table, chunks, copies)
-        seconds["raw load"] += time.perf_counter() - started
+        seconds[Stage.RAW_LOAD] += time.perf_counter() - started
     judged = [
-        Judged(
+        JudgedBatch(
             _info(batch, copies.get(batch.batch_id), job.run_id),
             earlier.get(batch.batch_id),
             verdicts.get(batch.batch_id),
@@ -139,9 +152,7 @@ def _land(
 
     An earlier attempt of this task (its worker killed) may have left some of them in raw
     under this run's id: those are removed first, so that each batch lands once."""
-    if copies:
-        landed = pa.array(list(copies))
-        chunks = [chunk.filter(pc.invert(pc.is_in(chunk[BATCH_ID], landed))) for chunk in chunks]
+    chunks = [without_copies(chunk, copies) for chunk in chunks]
     chunks = [chunk for chunk in chunks if chunk.num_rows]
     if not chunks:
         return 0
@@ -153,12 +164,7 @@ def _land(
             ),
             (job.run_id, batch_ids),
         )
-    raw = _raw_loader(job.url, threading.get_ident())
-    try:
-        raw.load({table: chunks})
-    except BaseException:
-        raw.discard()
-        raise
+    _raw_loader(job.url).load({table: chunks})
     return sum(chunk.num_rows for chunk in chunks)
 
 
@@ -167,37 +173,21 @@ def _info(batch: RawBatch, copy_run: str | None, run_id: str) -> BatchInfo:
     return BatchInfo.of(batch, None if copy_run == run_id else copy_run)
 
 
-def _ledger_states(conn: psycopg.Connection, batch_ids: list[str]) -> dict[str, str]:
-    return dict(
-        conn.execute(
-            "select batch_id, status from audit.batches where batch_id = any(%s)", (batch_ids,)
-        ).fetchall()
-    )
+def _gate(job: Job) -> InProcessGate:
+    if _tools.gate is None or _tools.gate_dir != job.gx_state_dir:
+        _tools.gate = InProcessGate(EXPECTATIONS_DIR, Path(job.gx_state_dir))
+        _tools.gate_dir = job.gx_state_dir
+    return _tools.gate
 
 
-def _chunked(batches: list[RawBatch], chunk_rows: int) -> list[list[RawBatch]]:
-    """Whole batches in chunks of about `chunk_rows` rows: one GX pass each."""
-    chunks: list[list[RawBatch]] = [[]]
-    rows = 0
-    for batch in batches:
-        if rows >= chunk_rows:
-            chunks.append([])
-            rows = 0
-        chunks[-1].append(batch)
-        rows += batch.rows
-    return [chunk for chunk in chunks if chunk]
-
-
-@cache
-def _gate(gx_state_dir: str, thread: int) -> Gate:
-    return Gate(EXPECTATIONS_DIR, Path(gx_state_dir))
-
-
-@cache
-def _raw_loader(url: str, thread: int) -> RawLoader:
-    # dlt's local state remembers which tables it created: one folder per database.
-    database = hashlib.sha256(url.encode()).hexdigest()[:12]
-    return RawLoader(url, _worker_folder() / f"dlt-{database}-{thread}")
+def _raw_loader(url: str) -> RawLoader:
+    if _tools.raw is None or _tools.raw.url != url:
+        # dlt's local state remembers which tables it created: one folder per database and
+        # thread.
+        database = hashlib.sha256(url.encode()).hexdigest()[:12]
+        folder = _worker_folder() / f"dlt-{database}-{threading.get_ident()}"
+        _tools.raw = RawLoader(url, folder)
+    return _tools.raw
 
 
 def _worker_folder() -> Path:

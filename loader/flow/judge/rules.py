@@ -20,9 +20,10 @@ import pandas as pd
 import pyarrow as pa
 from great_expectations.expectations.row_conditions import Column as RowColumn
 
+from loader.flow.model import BEYOND_MICROSECONDS, reference_rule
+from loader.settings import MAX_BATCH_SIZE
 from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, POSTGRES_INTEGER_MAX, Table
 
-MAX_BATCH_ROWS = 1000
 ASCII_DIGITS = r"^[0-9]+$"
 # An ISO-8601 instant: calendar date, 'T', time with seconds, an optional fraction of up to nine
 # digits, and a zone: Z or an offset ±hh:mm, ±hhmm or ±hh within ±15:59, the largest
@@ -33,16 +34,7 @@ ISO_INSTANT = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
     r"(?:Z|[+-](?:0[0-9]|1[0-5])(?::?[0-5][0-9])?)$"
 )
-# Fraction digits after the sixth. PostgreSQL keeps microseconds and would round them away,
-# which moves 23:59:59.9999999 into the next day (and year). Both the rule's helper and the
-# promotion's cast (settle.cast_field) cut them off instead, so the stored instant stays in
-# the second the source wrote. Python's re, RE2 (pandas on Arrow) and PostgreSQL read it alike.
-BEYOND_MICROSECONDS = r"(:[0-9]{2}\.[0-9]{6})[0-9]+"
-
 BATCH_ROWS = "_batch_rows"
-# The one rule a row can fail today and pass later, once its department or job arrives: such a
-# batch waits in the ledger instead of being settled as rejected.
-REFERENCE_EXPECTATION = "expect_column_values_to_be_in_set"
 
 
 def integer_helper(column: str) -> str:
@@ -61,10 +53,6 @@ def known_ids_parameter(table_name: str) -> str:
     return f"known_{table_name}_ids"
 
 
-def reference_rule(table_name: str) -> str:
-    return f"exists in {table_name}"
-
-
 def _meta(field: str, rule: str) -> dict:
     return {"field": field, "rule": rule}
 
@@ -78,8 +66,8 @@ def expectations_for(table: Table) -> list[gxe.Expectation]:
         gxe.ExpectColumnValuesToBeBetween(
             column=BATCH_ROWS,
             min_value=1,
-            max_value=MAX_BATCH_ROWS,
-            meta=_meta("*", f"a batch has 1 to {MAX_BATCH_ROWS} rows"),
+            max_value=MAX_BATCH_SIZE,
+            meta=_meta("*", f"a batch has 1 to {MAX_BATCH_SIZE} rows"),
         ),
         gxe.ExpectColumnValuesToBeNull(
             column=DECODE_ERROR, meta=_meta("*", "the line is UTF-8 text without NUL bytes")

@@ -31,10 +31,11 @@ from itertools import groupby
 from types import TracebackType
 
 from loader.db.connect import connect
-from loader.flow.gate import Verdict
-from loader.flow.kill_points import KillPoints
-from loader.flow.lanes import Keys, lanes
-from loader.flow.settle import BatchInfo, Settlement, Settler
+from loader.flow.model import BatchInfo, Settlement, Verdict
+from loader.flow.runtime.kill_points import KillPoints
+from loader.flow.settle.engine import Settler
+from loader.flow.settle.lanes import Keys, lanes
+from loader.settings import Policy
 from loader.tables import Table
 
 Item = tuple[Table, BatchInfo, Verdict, Keys]
@@ -53,7 +54,7 @@ class SettleLine:
         url: str,
         connections: int,
         run_id: str,
-        policy: str,
+        policy: Policy,
         kill: KillPoints,
         settled: Settled,
     ):

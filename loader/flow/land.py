@@ -1,39 +1,51 @@
-"""The dlt pipeline that lands every input row, as text with its lineage, in `raw.<table>`.
+"""Landing: every input row, as text with its lineage, in `raw.<table>` through dlt, but for
+batches whose rows are whole in raw already.
 
 Rows reach dlt as Arrow record batches (no per-row Python dicts) and are loaded with Postgres
 COPY from uncompressed CSV files: BENCHMARKS.md measured gzip as most of the normalize step.
-dlt owns the raw schema and its state tables; nothing here writes DDL for `raw`.
+dlt owns the raw schema and its state tables; nothing here writes DDL for `raw` but the index
+by batch that settling and finding copies read.
+
+A batch whose rows an earlier attempt left whole in raw (a run that was killed, or one that left
+it waiting or failed) is not landed again: its copy is settled instead (`raw_copies`,
+`without_copies`), so raw holds each input row once per run that landed it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import dlt
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import sql
 
 from loader.db.connect import connect
 from loader.db.locks import schema_lock
-from loader.tables import LINE_NUMBER, LINEAGE, Table
+from loader.tables import BATCH_ID, LINE_NUMBER, LINEAGE, Table
 
 PIPELINE_NAME = "loader"
 DATASET = "raw"
 SOURCE = "csv_exports"
 
-dlt.config["normalize.data_writer.disable_compression"] = True
-# Resources are read one after another, in load order: departments and jobs are validated
-# before hired_employees, whose foreign keys need their accepted ids.
-dlt.config["extract.next_item_mode"] = "fifo"
-# dlt logs every retried load job with its traceback at ERROR: with the database gone that is
-# pages on stderr. What fails for good reaches the loader as an exception, reported in one line.
-# dlt set its logger up when it was imported, so the setting alone would only apply to a later
-# re-initialisation: set the logger's level too.
-dlt.config["runtime.log_level"] = "CRITICAL"
-logging.getLogger("dlt").setLevel(logging.CRITICAL)
+
+def configure_dlt() -> None:
+    """dlt's process-wide settings for landing; set by every `RawLoader` before it runs."""
+    dlt.config["normalize.data_writer.disable_compression"] = True
+    # Resources are extracted one after another, in load order.
+    dlt.config["extract.next_item_mode"] = "fifo"
+    # dlt logs every retried load job with its traceback at ERROR: with the database gone that
+    # is pages on stderr. What fails for good reaches the loader as an exception, reported in
+    # one line. dlt set its logger up when it was imported, so the setting alone would only
+    # apply to a later re-initialisation: set the logger's level too.
+    dlt.config["runtime.log_level"] = "CRITICAL"
+    logging.getLogger("dlt").setLevel(logging.CRITICAL)
 
 
 def dlt_credentials(url: str) -> str:
@@ -72,6 +84,7 @@ class RawLoader:
     """Loads the Arrow chunks of all tables into raw in one dlt run (one load package)."""
 
     def __init__(self, url: str, pipelines_dir: Path):
+        configure_dlt()
         self.url = url
         self.pipeline = dlt.pipeline(
             pipeline_name=PIPELINE_NAME,
@@ -84,8 +97,17 @@ class RawLoader:
     def load(self, chunks_by_table: dict[Table, Iterable[pa.Table]]) -> None:
         """Extract every table (all reading happens here), then normalize and load.
 
-        An exception while extracting leaves nothing in the database.
+        An exception while extracting leaves nothing in the database; whatever fails, the
+        packages not loaded are dropped and the failure itself is raised.
         """
+        try:
+            self._run(chunks_by_table)
+        except BaseException:
+            with suppress(Exception):  # the database may be gone: the failure says so
+                self.discard()
+            raise
+
+    def _run(self, chunks_by_table: dict[Table, Iterable[pa.Table]]) -> None:
 
         @dlt.source(name=SOURCE)
         def csv_exports():
@@ -109,3 +131,43 @@ class RawLoader:
     def discard(self) -> None:
         """Drop extracted packages that will not be loaded (bad input, or a crashed run)."""
         self.pipeline.abort_packages()
+
+
+def ensure_raw_index(conn: psycopg.Connection, table: Table) -> bool:
+    """Index raw by batch, so that settling or finding one batch reads only its own rows;
+    False while dlt has not created the raw table yet."""
+    if conn.execute("select to_regclass(%s)", (f"{DATASET}.{table.name}",)).fetchone()[0] is None:
+        return False
+    index = f"{table.name}__batch_id"
+    if conn.execute("select to_regclass(%s)", (f"{DATASET}.{index}",)).fetchone()[0] is None:
+        with schema_lock(conn):
+            conn.execute(
+                sql.SQL("create index if not exists {} on {} (_batch_id)").format(
+                    sql.Identifier(index), sql.Identifier(DATASET, table.name)
+                )
+            )
+    return True
+
+
+def raw_copies(conn: psycopg.Connection, table: Table, batches: dict[str, int]) -> dict[str, str]:
+    """For batches (id → rows) already whole in raw from an earlier attempt, the run id of such
+    a copy."""
+    if not batches or not ensure_raw_index(conn, table):
+        return {}
+    found = conn.execute(
+        sql.SQL(
+            "select _batch_id, max(_run_id) from (select _batch_id, _run_id, count(*) as n "
+            "from {} where _batch_id = any(%s) group by _batch_id, _run_id) as copies "
+            "where n = (%s::jsonb ->> _batch_id)::bigint group by _batch_id"
+        ).format(sql.Identifier(DATASET, table.name)),
+        (list(batches), json.dumps(batches)),
+    ).fetchall()
+    return dict(found)
+
+
+def without_copies(rows: pa.Table, copies: Iterable[str]) -> pa.Table:
+    """`rows` but those of the batches in `copies` (batch ids with a raw copy already)."""
+    copies = list(copies)
+    if not copies:
+        return rows
+    return rows.filter(pc.invert(pc.is_in(rows[BATCH_ID], pa.array(copies))))

@@ -13,51 +13,18 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
 
+from loader.flow.errors import InputError
+from loader.flow.model import RawBatch, ReadCounts
 from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, RUN_ID, SOURCE_FILE, Table
 
 BOM = b"\xef\xbb\xbf"
 NOT_UTF8 = "bytes that are not UTF-8"
 NUL_BYTE = "NUL byte"
-
-
-class InputError(ValueError):
-    """The input cannot be read as the table it should hold; the message names file and line."""
-
-
-@dataclass
-class RawBatch:
-    """Consecutive data rows of one source, as trimmed text, with their lineage."""
-
-    table: str
-    source: str
-    first_line: int
-    batch_id: str = ""
-    line_numbers: list[int] = field(default_factory=list)
-    values: list[list[str | None]] = field(default_factory=list)  # one list per column
-    decode_errors: list[str | None] = field(default_factory=list)
-
-    @property
-    def rows(self) -> int:
-        return len(self.line_numbers)
-
-    @property
-    def last_line(self) -> int:
-        return self.line_numbers[-1] if self.line_numbers else self.first_line
-
-
-@dataclass
-class ReadCounts:
-    """What reading one file met: lines, data rows, blank lines skipped."""
-
-    lines: int = 0
-    rows: int = 0
-    blank_lines: int = 0
 
 
 def batch_id(table: str, first_line: int, content: bytes) -> str:
@@ -140,7 +107,7 @@ def read_stream(
 
     Args:
         first_line: the line number of the stream's first line (a cluster task reads a share
-            of a file from a line in its middle, see `ranges.read_share`).
+            of a file from a line in its middle, see `pieces.read_share`).
         max_rows: stop after this many data rows.
     """
     counts = counts if counts is not None else ReadCounts()

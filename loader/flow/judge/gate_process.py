@@ -4,9 +4,9 @@ while the run's process reads the next chunk, lands the last one in raw and sett
 A checkpoint is Python (GX builds and resolves a metric graph for every expectation: about half
 of a run's CPU on one million rows), and Python runs one thread at a time: in the run's own
 process the gate was the run's critical path while a core waited. One chunk is judged ahead at
-most (`Run` collects a chunk's verdicts before it lands it), so memory holds one more chunk and
-the ledger's promises do not change: a verdict is still known before its batch lands or
-settles.
+most (`pipeline.Run` collects a chunk's verdicts before it lands it), so memory holds one more
+chunk and the ledger's promises do not change: a verdict is still known before its batch lands
+or settles.
 
 The process is forked before the run starts any thread, from a process that has GX imported
 already, so it is ready at once; it dies with the run (Linux's parent-death signal), and a
@@ -30,18 +30,19 @@ from typing import TypeVar
 
 import pyarrow as pa
 
-from loader.flow import heap
-from loader.flow.gate import Gate, Judged
+from loader.flow.judge.gate import InProcessGate
+from loader.flow.model import Judged
+from loader.flow.runtime import heap
 from loader.tables import Table, table_named
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 T = TypeVar("T")
 
-_gate: Gate | None = None  # the child's gate
+_gate: InProcessGate | None = None  # the child's gate
 
 
-class GateProcess:
-    """`Gate`'s `submit` and `build_docs`, done by a forked child process."""
+class ForkedGate:
+    """A `Gate` whose checkpoints and data docs run in a forked child process."""
 
     def __init__(self, context_dir: Path, state_dir: Path):
         self._places = (context_dir, state_dir)
@@ -91,7 +92,7 @@ class GateProcess:
 def _open_gate(context_dir: Path, state_dir: Path, parent: int) -> None:
     global _gate
     _die_with_parent(parent)
-    _gate = Gate(context_dir, state_dir)
+    _gate = InProcessGate(context_dir, state_dir)
 
 
 def _die_with_parent(parent: int) -> None:

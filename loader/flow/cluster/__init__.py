@@ -1,0 +1,1 @@
+"""The same file run on a Dask cluster: the driver, and what each worker does with a share."""

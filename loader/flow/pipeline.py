@@ -1,0 +1,415 @@
+"""A run: batches from any source through the one path, skip what the ledger has settled →
+judge (the gate) → land in raw (dlt) → settle (the settlement engine) → record.
+
+The drivers differ only in where batches come from and which lock they hold while they run:
+`file_run` reads the input folder under the run lock (one file run per database), `api_run`
+gathers the request bodies waiting at a moment under their batches' locks, `cluster` spreads
+reading, judging and landing over Dask workers. Everything after that is `Run`.
+
+Each table is read once, streaming: chunks of whole batches (`source.chunks`) are judged by the
+gate one chunk ahead, landed in raw by dlt every `land_rows` rows, and settled by a settle line
+while the next chunks are judged, so memory holds a few chunks whatever the input's size. A
+table's chunks are all judged before the next table's go to the gate, so a hire is judged
+against every department the run accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from loader.db.connect import reason_of
+from loader.flow.judge.gate import Gate
+from loader.flow.land import RawLoader, raw_copies, without_copies
+from loader.flow.ledger import close_run, new_run_id, open_run
+from loader.flow.model import (
+    BatchInfo,
+    BatchState,
+    Judged,
+    RawBatch,
+    ReadCounts,
+    RunStatus,
+    Settlement,
+    Verdict,
+    accepted_ids,
+)
+from loader.flow.runtime import heap
+from loader.flow.runtime.kill_points import AFTER_RAW_LOAD, AFTER_VERDICT, KillPoints
+from loader.flow.settle.engine import Settler
+from loader.flow.settle.lanes import Keys, key_ranges
+from loader.flow.settle.line import SettleLine
+from loader.flow.source.chunks import Gathering, gather
+from loader.flow.summary import RunSummary, Stage, TableSummary
+from loader.settings import Policy, Settings
+from loader.tables import Table
+
+Progress = Callable[[str, int], None]
+# Where a table's batches come from: a label for the summary, and a function that yields them
+# while filling in the counts it met.
+Source = tuple[str, Callable[[ReadCounts], Iterable[RawBatch]]]
+# A batch landed in raw and judged, ready to settle.
+Landed = tuple[Table, BatchInfo, Verdict, Keys]
+
+# A land also closes at this many batches: with one-row batches a land of rows alone would hold
+# 100,000 batches' objects until settled (see `source.chunks`).
+LAND_BATCHES = 20_000
+
+
+@dataclass
+class Chunk:
+    """Whole batches of one table between reading and landing: their rows (with lineage), the
+    batches' infos and key ranges (each batch's lane), which of them have a raw copy already,
+    the batches of a parent table (for the ids they accept), and the gate's verdicts: awaited,
+    then per batch."""
+
+    table: Table
+    summary: TableSummary
+    rows: pa.Table
+    infos: list[BatchInfo]
+    keys: dict[str, Keys]
+    landed: dict[str, str]
+    parents: list[RawBatch]
+    judged: Future[Judged] | None = None
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+
+
+def known_ids(conn: psycopg.Connection, tables: Iterable[Table]) -> dict[str, list[int]]:
+    """The ids in core of every table that `tables` reference: what the reference rule checks."""
+    referenced = {column.references for table in tables for column in table.foreign_keys}
+    return {
+        name: [
+            row[0]
+            for row in conn.execute(
+                sql.SQL("select id from {}").format(sql.Identifier("core", name))
+            )
+        ]
+        for name in sorted(referenced)
+    }
+
+
+class Run:
+    """One run over batches from any source, recorded in audit.runs on `conn`.
+
+    `conn` (autocommit) carries the run's liveness lock and its settlements; the caller holds
+    the lock that keeps this run apart from others (run lock or request locks) and closes the
+    gate it hands over.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        conn: psycopg.Connection,
+        gate: Gate,
+        raw: RawLoader,
+        label: str,
+        policy: Policy,
+        batch_size: int,
+        progress: Progress | None = None,
+        keep_settlements: bool = True,
+    ):
+        """`keep_settlements=False` drops each settlement once it is counted and its batch
+        logged: a file run may settle millions of batches and hold back millions of rows, an API
+        caller wants its few answered with their failing rows."""
+        self.settings = settings
+        self.keep_settlements = keep_settlements
+        self.conn = conn
+        self.gate = gate
+        self.raw = raw
+        self.policy = Policy(policy)
+        self.batch_size = batch_size
+        self.progress = progress or (lambda table, rows: None)
+        self.run_id = new_run_id()
+        self.kill = KillPoints(settings.kill_at)
+        self.settlements: list[Settlement] = []
+        self.docs: Future[Path] | None = None  # the data docs, asked for once all is judged
+        self._tally = threading.Lock()  # the summary's counts, shared with the settle line
+        # Busy time per stage; promotion overlaps the others, so they add up to more than
+        # `elapsed`, the run's wall-clock time.
+        self.seconds = dict.fromkeys(
+            (
+                Stage.READ,
+                Stage.VALIDATE,
+                Stage.RAW_LOAD,
+                Stage.PROMOTE,
+                Stage.DATA_DOCS,
+                Stage.DBT_BUILD,
+            ),
+            0.0,
+        )
+        self.started = time.perf_counter()
+        self.summary = self.new_summary(label)
+        open_run(conn, self.run_id, label, batch_size, self.policy)
+
+    def new_summary(self, label: str) -> RunSummary:
+        return RunSummary(
+            self.run_id, label, self.batch_size, self.policy, log_dir=str(self.log_dir)
+        )
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.logs_dir / self.run_id
+
+    def load_and_settle(
+        self,
+        sources: dict[Table, Source],
+        ledger: dict[str, BatchState],
+        structure_checked: Callable[[], None] | None = None,
+    ) -> None:
+        """Judge and land every batch not settled in `ledger` (batch id → state), and settle it.
+
+        Args:
+            structure_checked: blocks until every source is known to read whole, or raises its
+                InputError (`source.prescan.StructureCheck`). Given, chunks land about every
+                `land_rows` rows and are settled by a `SettleLine` while the next ones are
+                judged. Absent (the API's bodies, read whole already), each table's chunks land
+                while the gate judges them, and are settled on the run's connection.
+        """
+        known = known_ids(self.conn, sources)
+        self.summary.tables = [
+            TableSummary(table.name, label) for table, (label, _) in sources.items()
+        ]
+        if structure_checked is None:
+            self._settle_here(self._land_while_judged(sources, ledger, known))
+            return
+        with self.settle_line() as line:
+            self._judge_land_settle(sources, ledger, known, structure_checked, line.put)
+
+    @contextmanager
+    def settle_line(self) -> Iterator[SettleLine]:
+        """A settle line for this run's batches, closed (everything put settled) on leaving;
+        its time counts as the run's "promote"."""
+        line = SettleLine(
+            self.raw.url,
+            self.settings.settle_connections,
+            self.run_id,
+            self.policy,
+            self.kill,
+            self.settled,
+        )
+        with line:
+            yield line
+            line.close()
+        self.seconds[Stage.PROMOTE] += line.seconds
+
+    def finish(self, error: BaseException | None = None) -> RunSummary:
+        """Close the run's row (`completed`, or `failed` with the error) and return its summary.
+
+        With the database gone the row cannot be closed: the next run marks it abandoned.
+        """
+        summary = self.summary
+        self.seconds[Stage.ELAPSED] = time.perf_counter() - self.started
+        summary.seconds = {stage: round(seconds, 3) for stage, seconds in self.seconds.items()}
+        status = RunStatus.COMPLETED if error is None else RunStatus.FAILED
+        summary.status = status
+        data = summary.as_dict()
+        if error is not None:
+            data["error"] = reason_of(error)
+        with suppress(psycopg.Error):
+            close_run(self.conn, self.run_id, status, data)
+        return summary
+
+    def settled(self, table: Table, settlement: Settlement) -> None:
+        """Count a settlement (on the settle line's thread, or the run's) and log a batch
+        that was not promoted whole."""
+        if settlement.status != BatchState.PROMOTED and not settlement.replayed:
+            self._log_batch(settlement)
+        with self._tally:
+            self.summary_of(table).add(settlement)
+            if self.keep_settlements:
+                self.settlements.append(settlement)
+
+    def summary_of(self, table: Table) -> TableSummary:
+        return next(summary for summary in self.summary.tables if summary.table == table.name)
+
+    def _judge_land_settle(
+        self,
+        sources: dict[Table, Source],
+        ledger: dict[str, BatchState],
+        known: dict[str, list[int]],
+        structure_checked: Callable[[], None],
+        settle: Callable[[list[Landed]], None],
+    ) -> None:
+        """Read and judge chunk by chunk; land what was judged when `land_rows` rows or
+        LAND_BATCHES batches wait (only once the structure is checked), then hand the landed
+        batches to `settle`."""
+        waiting: list[Chunk] = []
+        waiting_rows = waiting_batches = 0
+        for chunk in self._judged_chunks(sources, ledger, known):
+            waiting.append(chunk)
+            waiting_rows += chunk.rows.num_rows
+            waiting_batches += len(chunk.infos)
+            if waiting_rows >= self.settings.land_rows or waiting_batches >= LAND_BATCHES:
+                structure_checked()
+                self._land(waiting)
+                settle(_ready_to_settle(waiting))
+                waiting, waiting_rows, waiting_batches = [], 0, 0
+        structure_checked()
+        # The input is whole and judged: the gate builds the data docs while the rest lands.
+        self.docs = self.gate.submit_docs()
+        self._land(waiting)
+        settle(_ready_to_settle(waiting))
+
+    def _land_while_judged(
+        self,
+        sources: dict[Table, Source],
+        ledger: dict[str, BatchState],
+        known: dict[str, list[int]],
+    ) -> list[Landed]:
+        """Every source's batches judged and landed, ready to settle: a table's chunks go to
+        the gate, land in raw while it judges them (with a `ForkedGate`, on the other core),
+        and have their verdicts before the next table's go, which may reference them."""
+        landed: list[Landed] = []
+        for table, (_, batches) in sources.items():
+            chunks = list(self._chunks(table, batches, ledger, known))
+            for chunk in chunks:
+                self._submit(chunk, known)
+            self._land(chunks)
+            for chunk in chunks:
+                self._with_verdicts(chunk, known)
+            landed += _ready_to_settle(chunks)
+        return landed
+
+    def _judged_chunks(
+        self,
+        sources: dict[Table, Source],
+        ledger: dict[str, BatchState],
+        known: dict[str, list[int]],
+    ) -> Iterator[Chunk]:
+        """Every table's chunks with their verdicts, judged one ahead: the gate judges a chunk
+        while the next one is read (and, with a `ForkedGate`, while the last one lands)."""
+        ahead: Chunk | None = None
+        for table, (_, batches) in sources.items():
+            for chunk in self._chunks(table, batches, ledger, known):
+                if ahead is not None and ahead.table is not table:
+                    yield self._with_verdicts(ahead, known)
+                    ahead = None
+                self._submit(chunk, known)
+                if ahead is not None:
+                    yield self._with_verdicts(ahead, known)
+                ahead = chunk
+        if ahead is not None:
+            yield self._with_verdicts(ahead, known)
+
+    def _land(self, submitted: list[Chunk]) -> None:
+        """The chunks' rows into raw in one dlt run, but for batches with a raw copy already;
+        the rows are dropped from the chunks once landed."""
+        started = time.perf_counter()
+        chunks: dict[Table, list[pa.Table]] = {}
+        for chunk in submitted:
+            rows = without_copies(chunk.rows, chunk.landed)
+            chunk.rows = rows.slice(0, 0)
+            if rows.num_rows:
+                chunks.setdefault(chunk.table, []).append(rows)
+        if chunks:
+            self.raw.load(chunks)
+        self.seconds[Stage.RAW_LOAD] += time.perf_counter() - started
+        chunks.clear()
+        heap.trim()
+        self.kill.reach(AFTER_RAW_LOAD)
+
+    def _settle_here(self, landed: list[Landed]) -> None:
+        started = time.perf_counter()
+        # Only API requests settle here: their answers must outlive a crash.
+        settler = Settler(self.conn, self.run_id, self.policy, self.kill, durable=True)
+        for table, batch, verdict, _ in landed:
+            self.settled(table, settler.settle(table, batch, verdict))
+        self.seconds[Stage.PROMOTE] += time.perf_counter() - started
+
+    def _chunks(
+        self,
+        table: Table,
+        batches: Callable[[ReadCounts], Iterable[RawBatch]],
+        ledger: dict[str, BatchState],
+        known: dict[str, list[int]],
+    ) -> Iterator[Chunk]:
+        """The table's unsettled batches, read a chunk at a time (`source.chunks.gather`)."""
+        summary = self.summary_of(table)
+        counts = ReadCounts()
+
+        def unsettled() -> Iterator[RawBatch]:
+            for batch in batches(counts):
+                with self._tally:
+                    if summary.count_earlier(ledger.get(batch.batch_id), batch.rows):
+                        continue
+                yield batch
+
+        gathered = gather(
+            table, unsettled(), self.run_id, self.settings.chunk_rows, table.name in known
+        )
+        while True:
+            started = time.perf_counter()
+            pending = next(gathered, None)
+            chunk = self._chunk(table, summary, pending) if pending is not None else None
+            self.seconds[Stage.READ] += time.perf_counter() - started
+            self.progress(table.name, counts.rows)
+            if chunk is None:
+                break
+            yield chunk
+        summary.lines, summary.blank_lines = counts.lines, counts.blank_lines
+        summary.rows_read = counts.rows
+
+    def _chunk(self, table: Table, summary: TableSummary, pending: Gathering) -> Chunk:
+        """The batches gathered as a chunk for the gate, with the raw copies they have."""
+        rows = pending.arrow()
+        landed = raw_copies(self.conn, table, {i.batch_id: i.rows for i in pending.infos})
+        return Chunk(
+            table,
+            summary,
+            rows,
+            [replace(info, raw_run_id=landed.get(info.batch_id)) for info in pending.infos],
+            key_ranges(table, rows),
+            landed,
+            pending.batches,
+        )
+
+    def _submit(self, chunk: Chunk, known: dict[str, list[int]]) -> None:
+        """Send the chunk to the gate with the ids its references may point at."""
+        referenced = {
+            column.references: list(known[column.references]) for column in chunk.table.foreign_keys
+        }
+        batch_ids = [info.batch_id for info in chunk.infos]
+        chunk.judged = self.gate.submit(chunk.table, chunk.rows, batch_ids, referenced)
+
+    def _with_verdicts(self, chunk: Chunk, known: dict[str, list[int]]) -> Chunk:
+        """Wait for the chunk's verdicts and take them in: the ids a parent table's batches
+        accept, the counts, and the rows still to land."""
+        judged = chunk.judged.result()
+        chunk.judged, chunk.verdicts = None, judged.verdicts
+        self.seconds[Stage.VALIDATE] += judged.seconds
+        self.kill.reach(AFTER_VERDICT)
+        for batch in chunk.parents:
+            known[chunk.table.name] += accepted_ids(
+                chunk.table, batch, chunk.verdicts[batch.batch_id], self.policy
+            )
+        chunk.parents = []
+        with self._tally:
+            chunk.summary.batches_read += len(chunk.infos)
+            chunk.summary.batches_reused += len(chunk.landed)
+        return chunk
+
+    def _log_batch(self, settlement: Settlement) -> None:
+        batch = settlement.batch
+        name = f"{batch.table}-line{batch.first_line}-{batch.batch_id}.json"
+        path = self.log_dir / "batches" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {**settlement.record(self.run_id), "failing_rows": settlement.rejected_rows}
+        path.write_text(json.dumps(entry, indent=2))
+
+
+def _ready_to_settle(chunks: list[Chunk]) -> list[Landed]:
+    """The batches of landed, judged chunks, each with its verdict and key ranges."""
+    return [
+        (chunk.table, batch, chunk.verdicts[batch.batch_id], chunk.keys[batch.batch_id])
+        for chunk in chunks
+        for batch in chunk.infos
+    ]
