@@ -1,14 +1,17 @@
 """Builds the dbt marts in-process (dbt's programmatic runner) and reports what they hold.
 
-dbt reads its connection from profiles.yml at the repo root, which takes libpq's PG* variables;
-they are set here, for this process, from the URL the loader uses, so `dbt build` from a shell
-and the loader's build reach the same database.
+dbt reads its connection from profiles.yml at the repo root, which takes libpq's PG* variables
+from the environment; they are set from the URL the loader uses for the build's duration only
+(`libpq_variables`), so `dbt build` from a shell and the loader's build reach the same database
+and the process's environment is as it was afterwards.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,13 +43,11 @@ def build_marts(url: str, state_dir: Path) -> MartsBuild:
     statement (`staging.int_hires_per_department_job`), so the marts show one state of core:
     everything committed before that statement began, which is recorded as their `as_of`.
     """
-    for variable in LIBPQ_VARIABLES.values():
-        os.environ.pop(variable, None)
-    os.environ.update(libpq_environment(url))
     with connect(url, autocommit=True) as conn, marts_lock(conn):
         ensure_schemas(conn)
         started = datetime.now(UTC)
-        build = _dbt_build(state_dir)
+        with libpq_variables(url):
+            build = _dbt_build(state_dir)
         if not build.success:
             return build
         for mart in MARTS:
@@ -62,6 +63,24 @@ def build_marts(url: str, state_dir: Path) -> MartsBuild:
             (snapshot or started, json.dumps(build.rows)),
         )
     return build
+
+
+@contextmanager
+def libpq_variables(url: str) -> Iterator[None]:
+    """The PG* variables of `url` in this process's environment while inside, then the
+    environment as it was."""
+    saved = {variable: os.environ.get(variable) for variable in LIBPQ_VARIABLES.values()}
+    for variable in saved:
+        os.environ.pop(variable, None)
+    os.environ.update(libpq_environment(url))
+    try:
+        yield
+    finally:
+        for variable, value in saved.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
 
 
 def _dbt_build(state_dir: Path) -> MartsBuild:
