@@ -12,42 +12,42 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from loader.api.deps import TokenPrompt
 from loader.api.docs import serve_api_docs
-from loader.api.idempotency import IdempotencyKeys
 from loader.api.limits import BodyLimit, Deadline
-from loader.api.pool import DatabasePool, PoolExhausted
-from loader.api.refresh import MartsRefresher
-from loader.api.routers import backups, batches, dashboard, reports
-from loader.api.schemas import Health
-from loader.api.settlements import SettlementThreads
-from loader.api.throttle import FailureThrottle
-from loader.api.tokens import parse_tokens
+from loader.api.pool import PoolExhausted
+from loader.api.routers import backups, batches, dashboard, health, reports, runs
+from loader.api.services import Services
 from loader.db.connect import DatabaseUnavailable
-from loader.flow.api_run import RequestSettler
 from loader.flow.runtime import heap
 from loader.settings import Settings
 
-MAX_BODY_BYTES = 2 * 1024 * 1024  # 1000 rows of this data fit in a tenth of it
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a full batch of this data fits in a tenth of it
+ROUTERS = (
+    batches.table_router,
+    batches.router,
+    runs.router,
+    reports.router,
+    backups.router,
+    backups.table_router,
+    dashboard.router,
+    dashboard.assets,
+    health.router,
+)
 
 log = logging.getLogger("loader.api")
 
 
 def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
     """The application for the database at `url` (tokens from the settings)."""
+    services = Services.create(settings, url, insecure)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = app.state
         heap.freeze()  # what start-up made lives as long as the server: collections skip it
-        state.pool.open()
-        state.settler.start()
-        state.refresher.start()
+        services.start()
         yield
-        # Settlements still running (a 504 does not stop them) finish and store their answers.
-        await run_in_threadpool(state.settlements.shutdown)
-        await run_in_threadpool(state.settler.stop)
-        state.refresher.stop()
-        await run_in_threadpool(state.pool.close)
+        await run_in_threadpool(services.stop)
 
     app = FastAPI(
         title="csv-migrate API",
@@ -59,42 +59,10 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
         "reports from the dbt marts, audit, backups. Tokens: `Authorization: Bearer`; a read "
         "token may also be given as `?token=` on the reports, the dashboard and the data docs.",
     )
-    state = app.state
-    state.settings = settings
-    state.url = url
-    state.insecure = insecure
-    state.tokens = parse_tokens(settings.api_tokens)
-    state.throttle = FailureThrottle(settings.api_auth_failures, settings.api_auth_window_seconds)
-    state.pool = DatabasePool(url, settings)
-    state.settler = RequestSettler(settings, url)
-    state.settlements = SettlementThreads()
-    state.idempotency = IdempotencyKeys(state.pool)
-    state.refresher = MartsRefresher(
-        url,
-        {"LOADER_STATE_DIR": str(settings.state_path)},
-        after_build=state.settler.build_docs,
-    )
-    for router in (batches.router, reports.router, backups.router, dashboard.router):
+    app.state.services = services  # what the dependencies in loader.api.deps hand the routes
+    for router in ROUTERS:
         app.include_router(router)
     serve_api_docs(app)
-
-    @app.get(
-        "/healthz",
-        tags=["health"],
-        response_model=Health,
-        responses={503: {"model": Health, "description": "database unreachable, or busy"}},
-    )
-    def healthz() -> JSONResponse:
-        """200 when the database answers, 503 when it does not or every connection is busy."""
-        try:
-            with state.pool.connection() as conn:
-                conn.execute("select 1")
-        except (DatabaseUnavailable, psycopg.OperationalError):
-            return JSONResponse({"status": "database unreachable"}, status_code=503)
-        except PoolExhausted:
-            return JSONResponse({"status": "busy"}, status_code=503)
-        return JSONResponse({"status": "ok"})
-
     _handle_errors(app)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(Deadline, seconds=settings.api_request_seconds)
@@ -111,6 +79,8 @@ def _handle_errors(app: FastAPI) -> None:
             status_code=error.status_code,
             headers=getattr(error, "headers", None),
         )
+
+    app.add_exception_handler(TokenPrompt, dashboard.token_prompt)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):

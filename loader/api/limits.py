@@ -93,11 +93,13 @@ class Deadline:
             log.error("a request answered 504 failed later: %r", work.exception())
 
 
-def timed_out(seconds: float) -> JSONResponse:
-    return JSONResponse(
-        {
-            "detail": f"no answer within {seconds:g} s. A batch insert goes on: send it again "
-            "with the same Idempotency-Key (or the same body) to get its outcome"
-        },
-        status_code=504,
+def timed_out_detail(seconds: float) -> str:
+    """What a 504 says, from this middleware or from a request that waited for its key."""
+    return (
+        f"no answer within {seconds:g} s. A batch insert goes on: send it again "
+        "with the same Idempotency-Key (or the same body) to get its outcome"
     )
+
+
+def timed_out(seconds: float) -> JSONResponse:
+    return JSONResponse({"detail": timed_out_detail(seconds)}, status_code=504)

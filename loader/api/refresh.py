@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from loader.db.connect import libpq_environment
 
@@ -28,12 +29,25 @@ STALE_SECONDS = 30.0
 
 
 class MartsRefresher:
-    def __init__(self, url: str, environment: dict[str, str], after_build=lambda: None):
+    """`clock` (seconds, monotonic) and `wait` (block up to that many seconds, or until `stop`)
+    are the thread's sense of time: a test gives its own to run the debounce on a clock it
+    turns."""
+
+    def __init__(
+        self,
+        url: str,
+        environment: dict[str, str],
+        after_build: Callable[[], object] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], object] | None = None,
+    ):
         self.url = url
         self.environment = environment
         self.after_build = after_build
+        self.clock = clock
         self.wanted = threading.Event()
         self.stopping = threading.Event()
+        self.wait = wait or self.stopping.wait
         self._times = threading.Lock()
         self._first = self._last = 0.0  # the oldest and newest write not in the marts
         self.thread = threading.Thread(target=self._loop, name="marts-refresher", daemon=True)
@@ -48,26 +62,36 @@ class MartsRefresher:
     def request(self) -> None:
         """Call after a write was committed that the marts should show."""
         with self._times:
-            self._last = time.monotonic()
+            self._last = self.clock()
             if not self.wanted.is_set():
                 self._first = self._last
             self.wanted.set()
 
+    @property
+    def behind(self) -> bool:
+        """Whether writes are waiting for a build (one not started yet)."""
+        return self.wanted.is_set()
+
+    def wait_until_due(self) -> bool:
+        """Block until writes are waiting and their build is due: True, and writes from here
+        on wait for the next build. False once the refresher is stopping."""
+        self.wanted.wait()
+        while not self.stopping.is_set() and (remaining := self._until_due()) > 0:
+            self.wait(remaining)
+        if self.stopping.is_set():
+            return False
+        with self._times:
+            self.wanted.clear()  # writes from here on are after the build's start
+        return True
+
     def _loop(self) -> None:
-        while True:
-            self.wanted.wait()
-            while not self.stopping.is_set() and (wait := self._until_due()) > 0:
-                self.stopping.wait(wait)
-            if self.stopping.is_set():
-                return
-            with self._times:
-                self.wanted.clear()  # writes from here on are after the build's start
+        while self.wait_until_due():
             self._build()
 
     def _until_due(self) -> float:
         with self._times:
             due = min(self._last + QUIET_SECONDS, self._first + STALE_SECONDS)
-        return due - time.monotonic()
+        return due - self.clock()
 
     def _build(self) -> None:
         result = subprocess.run(

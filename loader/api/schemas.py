@@ -11,9 +11,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
 
 from loader.flow.summary import TableSummary
+from loader.settings import MAX_BATCH_SIZE
 from loader.tables import POSTGRES_INTEGER_MAX, TABLES, Column, Table
 
-MAX_ROWS = 1000
 STRICT = ConfigDict(strict=True, extra="forbid")
 
 
@@ -211,7 +211,7 @@ ERRORS = {
     403: "the token's scope is too narrow",
     404: "no such table, batch or run",
     409: "the backup cannot be restored (see detail)",
-    413: "body over 2 MiB, or more than 1000 rows",
+    413: f"body over 2 MiB, or more than {MAX_BATCH_SIZE} rows",
     422: "the request is malformed: JSON shape, types, row count, CSV shape",
     429: "too many failed authentications from this address; see Retry-After",
     503: "the database is unreachable or all its connections are busy; see Retry-After",

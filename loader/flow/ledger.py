@@ -160,3 +160,75 @@ def record_settlement(conn: psycopg.Connection, record: dict) -> None:
         attempts = audit.batches.attempts + excluded.attempts""",
         {**record, "reasons": json.dumps(record["reasons"])},
     )
+
+
+# --- what the API and the dashboard show ------------------------------------------------------
+
+
+def run_record(conn: psycopg.Connection, run_id: str) -> dict | None:
+    """A run's row in audit.runs, its summary (the run's own counts) included; None if there is
+    no such run."""
+    cursor = conn.execute(
+        "select run_id, started_at, finished_at, input, batch_size, policy, status, host, pid, "
+        "summary from audit.runs where run_id = %s",
+        (run_id,),
+    )
+    found = cursor.fetchone()
+    if found is None:
+        return None
+    return dict(zip([column.name for column in cursor.description], found))
+
+
+def run_verdicts(conn: psycopg.Connection, run_ids: list[str]) -> dict[str, dict]:
+    """Run id → its batches by verdict (`batches_promoted`, `batches_partially_promoted`,
+    `batches_rejected`), from the run's own summary like the row counts of `recent_runs`: a
+    batch that another run settles later stays counted by the run that settled it first. A run
+    still running has no summary yet: its counts are None."""
+    cursor = conn.execute(
+        "select run_id, (totals ->> 'batches_promoted')::bigint as batches_promoted, "
+        "(totals ->> 'batches_partially_promoted')::bigint as batches_partially_promoted, "
+        "(totals ->> 'batches_rejected')::bigint as batches_rejected "
+        "from audit.runs "
+        "cross join lateral (select coalesce(summary -> 'totals', summary) as totals) as summed "
+        "where run_id = any(%s)",
+        (list(run_ids),),
+    )
+    names = [column.name for column in cursor.description][1:]
+    return {run_id: dict(zip(names, counts)) for run_id, *counts in cursor.fetchall()}
+
+
+def batch_record(conn: psycopg.Connection, batch_id: str) -> dict | None:
+    """A batch's row in audit.batches with its failing rows (`failing_rows`: line, values,
+    failures, by line); None if the ledger has no such batch."""
+    cursor = conn.execute(
+        "select batch_id, run_id, table_name, source, first_line, last_line, rows_read, "
+        "rows_promoted, rows_rejected, status, reasons, attempts, settled_at "
+        "from audit.batches where batch_id = %s",
+        (batch_id,),
+    )
+    found = cursor.fetchone()
+    if found is None:
+        return None
+    record = dict(zip([column.name for column in cursor.description], found))
+    failing = conn.execute(
+        "select line_number, raw_values, failures from audit.rejected_rows where batch_id = %s "
+        "order by line_number",
+        (batch_id,),
+    ).fetchall()
+    record["failing_rows"] = [
+        {"line": line, "values": values, "failures": failures} for line, values, failures in failing
+    ]
+    return record
+
+
+def rejection_reasons(conn: psycopg.Connection, limit: int) -> list[dict]:
+    """Failing rows per field and rule over every batch in the ledger, most first."""
+    cursor = conn.execute(
+        "select reason ->> 'field' as field, reason ->> 'rule' as rule, "
+        "sum(coalesce((reason ->> 'rows')::int, 0)) as rows "
+        "from audit.batches, jsonb_array_elements(reasons) as reason "
+        "group by 1, 2 order by 3 desc, 1, 2 limit %s",
+        (limit,),
+    )
+    names = [column.name for column in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]

@@ -18,10 +18,13 @@ from urllib.parse import quote
 import psycopg
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from loader.marts.queries import marts_as_of
+from loader.flow.ledger import recent_runs, rejection_reasons, run_verdicts
+from loader.marts.queries import marts_as_of, marts_built, mean_hires, report_by_year
 
 TEMPLATES = Path(__file__).parent / "templates"
 QUARTERS = ("q1", "q2", "q3", "q4")
+RUNS_SHOWN = 20
+REASONS_SHOWN = 10
 REPORT_DOCS = "data_docs"  # the data docs' folder beside a report written `--with-docs`
 NO_DOCS_NOTE = (
     "The validation pages are not part of this file. To have them linked from here, write it "
@@ -37,91 +40,55 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
-def _rows(conn: psycopg.Connection, query: str) -> list[dict]:
-    cursor = conn.execute(query)
-    names = [column.name for column in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
 def dashboard_data(conn: psycopg.Connection) -> dict:
-    """Everything the page shows, read from the marts and audit (empty before the first run).
+    """Everything the page shows, read from the marts and the ledger (empty before the first
+    run). The report queries are those of the API (`loader.marts.queries`); a run's counts are
+    its own summary's, as `loader runs` shows them.
 
     The audit schema must exist: the API creates it at start-up, `report` before calling this.
     """
-    built = conn.execute(
-        "select to_regclass('marts.hires_by_quarter') is not null "
-        "and to_regclass('marts.departments_above_mean') is not null"
-    ).fetchone()[0]
-    if not built:
-        by_quarter, above, means = [], [], {}
+    if marts_built(conn):
+        by_quarter = report_by_year(conn, "hires-by-quarter")
+        above = report_by_year(conn, "departments-above-mean")
+        means = mean_hires(conn)
     else:
-        by_quarter, above, means = _marts(conn)
-    return _with_audit(conn, by_quarter, above, means)
-
-
-def _marts(conn: psycopg.Connection) -> tuple[list[dict], list[dict], dict]:
-    by_quarter = _rows(
-        conn,
-        "select year, department, job, q1, q2, q3, q4 "
-        "from marts.hires_by_quarter "
-        'order by year, department collate "C", job collate "C"',
-    )
-    above = _rows(
-        conn,
-        "select year, id, department, hired from marts.departments_above_mean "
-        "order by year, hired desc, id",
-    )
-    means = {
-        row["year"]: float(row["mean"])
-        for row in _rows(
-            conn,
-            # The mean of the same snapshot the marts were built from, not of core today.
-            "select year, sum(hired)::numeric / max(department_count) as mean "
-            "from staging.int_hires_per_department_job group by year",
-        )
-    }
-    return by_quarter, above, means
-
-
-def _with_audit(
-    conn: psycopg.Connection, by_quarter: list[dict], above: list[dict], means: dict
-) -> dict:
-    runs = _rows(
-        conn,
-        """
-        select r.run_id, r.started_at, r.input, r.status,
-               count(*) filter (where b.status = 'promoted') as promoted,
-               count(*) filter (where b.status = 'partially_promoted') as partial,
-               count(*) filter (where b.status = 'rejected') as rejected,
-               coalesce(sum(b.rows_read), 0) as rows_read,
-               coalesce(sum(b.rows_rejected), 0) as rows_held_back
-        from audit.runs r left join audit.batches b on b.run_id = r.run_id
-        group by r.run_id order by r.started_at desc limit 20""",
-    )
-    reasons = _rows(
-        conn,
-        """
-        select reason->>'field' as field, reason->>'rule' as rule,
-               sum(coalesce((reason->>'rows')::int, 0)) as rows
-        from audit.batches, jsonb_array_elements(reasons) as reason
-        group by 1, 2 order by 3 desc, 1, 2 limit 10""",
-    )
-    for run in runs:
-        run["started_at"] = run["started_at"].isoformat(timespec="seconds")
-        # The folder's or file's name only: a report file must not carry local paths.
-        run["input"] = run["input"].rstrip("/").rsplit("/", 1)[-1]
-    years = sorted({row["year"] for row in by_quarter})
+        by_quarter, above, means = [], [], {}
     return {
         "by_quarter": by_quarter,
         "above_mean": above,
         "means": means,
-        "runs": runs,
-        "reasons": reasons,
-        "years": years,
+        "runs": latest_runs(conn),
+        "reasons": rejection_reasons(conn, REASONS_SHOWN),
+        "years": sorted({row["year"] for row in by_quarter}),
         "jobs": sorted({row["job"] for row in by_quarter}, key=str.encode),
         "as_of": marts_as_of(conn),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def latest_runs(conn: psycopg.Connection) -> list[dict]:
+    """The latest runs, newest first, with their batches by verdict and their rows read and held
+    back, all from each run's summary (None while it runs)."""
+    runs = recent_runs(conn, RUNS_SHOWN)
+    verdicts = run_verdicts(conn, [run["run_id"] for run in runs])
+    shown = []
+    for run in runs:
+        counts = verdicts.get(run["run_id"], {})
+        shown.append(
+            {
+                "run_id": run["run_id"],
+                "started_at": run["started_at"].isoformat(timespec="seconds"),
+                # The folder's or file's name only: a report file must not carry local paths.
+                "input": run["input"].rstrip("/").rsplit("/", 1)[-1],
+                "status": run["status"],
+                "promoted": counts.get("batches_promoted"),
+                "partial": counts.get("batches_partially_promoted"),
+                "rejected": counts.get("batches_rejected"),
+                "rows_read": run["rows_read"],
+                "rows_held_back": run["rows_held_back"],
+            }
+        )
+    return shown
 
 
 def latest_validations(gx_state_dir: Path, limit: int = 15) -> list[dict]:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import psycopg
 import pytest
 
+from loader.api.idempotency import CLAIM_ATTEMPTS, IdempotencyKeys, KeyContended
 from loader.flow.file_run import run_files
+from loader.flow.ledger import recent_runs
 from loader.sample import write_sample
 from tests.conftest import REPO, running_server, settings_for
 
@@ -133,6 +138,46 @@ def test_unknown_department_is_held_back_waiting_with_its_rule(api):
     assert {f["rule"] for f in answer.json()["failures"]} == {"exists in departments"}
 
 
+def dashboard_data(client: httpx.Client) -> dict:
+    """The numbers the dashboard page was drawn from (its embedded JSON)."""
+    page = client.get("/dashboard", headers=auth(READ))
+    assert page.status_code == 200
+    found = re.search(
+        r'<script type="application/json" id="dashboard-data">(.*?)</script>', page.text
+    )
+    return json.loads(found.group(1))
+
+
+def test_the_dashboard_counts_a_run_by_its_summary_after_another_run_settles_its_batch(api):
+    client, url = api
+    body = hires(65_000, 2, department=997)
+    batches = "/tables/hired_employees/batches"
+    waiting = client.post(batches, json=body, headers=auth(WRITE))
+    assert waiting.status_code == 200 and waiting.json()["status"] == "waiting"
+    batch = f"/batches/{waiting.json()['batch_id']}"
+    first_run = client.get(batch, headers=auth(READ)).json()["run_id"]
+    department = [{"id": 997, "department": "Came Later"}]
+    assert (
+        client.post("/tables/departments/batches", json=department, headers=auth(WRITE)).status_code
+        == 201
+    )
+    promoted = client.post(batches, json=body, headers=auth(WRITE))
+    assert promoted.status_code == 201 and not promoted.json()["replayed"]
+    second_run = client.get(batch, headers=auth(READ)).json()["run_id"]
+    assert second_run != first_run, "the ledger's batch now names the run that promoted it"
+
+    shown = {run["run_id"]: run for run in dashboard_data(client)["runs"]}
+    with psycopg.connect(url) as conn:
+        listed = {run["run_id"]: run for run in recent_runs(conn, 20)}
+    for run_id, held_back, verdicts in ((first_run, 2, (0, 0, 0)), (second_run, 0, (1, 0, 0))):
+        page, cli = shown[run_id], listed[run_id]
+        rows = (page["rows_read"], page["rows_held_back"])
+        assert rows == (cli["rows_read"], cli["rows_held_back"]) == (2, held_back), run_id
+        assert (page["promoted"], page["partial"], page["rejected"]) == verdicts, run_id
+    totals = client.get(f"/runs/{first_run}", headers=auth(READ)).json()["summary"]["totals"]
+    assert (totals["rows_read"], totals["rows_held_back"], totals["batches_waiting"]) == (2, 2, 1)
+
+
 def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer_without_writing(api):
     client, url = api
     headers = {**auth(WRITE), "Idempotency-Key": "retry-1"}
@@ -144,6 +189,32 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer_without_wri
     assert count(url, "select count(*) from audit.runs") == runs
     other = client.post("/tables/hired_employees/batches", json=hires(71_000, 3), headers=headers)
     assert other.status_code == 422 and "another body" in other.json()["detail"]
+
+
+class VanishingKey:
+    """A pool whose key is never claimable, yet gone each time it is looked up: as if other
+    requests kept taking it and letting it go between a claim's two statements."""
+
+    def __init__(self):
+        self.statements = 0
+
+    @contextmanager
+    def connection(self, overflow: bool = False):
+        yield self
+
+    def execute(self, query: str, parameters=None):
+        self.statements += 1
+        return self
+
+    def fetchone(self):
+        return None
+
+
+def test_a_key_released_under_every_claim_is_given_up_after_a_few_attempts():
+    pool = VanishingKey()
+    with pytest.raises(KeyContended, match="send the request again"):
+        IdempotencyKeys(pool).claim("contended", "digest")
+    assert pool.statements == 2 * CLAIM_ATTEMPTS, "a bounded number of tries, then a clear error"
 
 
 def test_fifty_identical_requests_at_once_settle_once_and_the_rest_replay_the_first_answer(api):

@@ -292,24 +292,31 @@ def test_database_work_runs_off_the_event_loop(api, loaded):
         while one(loaded, waiting) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert one(loaded, waiting) == 1, "the claim waits on the uncommitted key"
-        started = time.monotonic()
-        assert api.get("/healthz").status_code == 200
-        assert api.get("/reports/hires-by-quarter", headers=auth(READ)).status_code == 200
-        assert time.monotonic() - started < 2, "the event loop was not blocked"
+        # Answered while the claim still waits: a blocked event loop would answer nothing
+        # until the key is let go below, and these would run out of time instead.
+        with httpx.Client(base_url=api.base_url, timeout=60) as probe:
+            try:
+                assert probe.get("/healthz").status_code == 200
+                assert probe.get("/reports/hires-by-quarter", headers=auth(READ)).status_code == 200
+            except httpx.TimeoutException:
+                pytest.fail("the event loop was blocked by a claim waiting on the database")
+        assert answers == [] and one(loaded, waiting) == 1, "the claim was still waiting"
         holder.rollback()
     sender.join()
     assert answers[0].status_code == 201 and not answers[0].json()["replayed"]
 
 
 def test_failed_authentication_is_throttled_per_client_address(server):
-    client = server(LOADER_API_AUTH_FAILURES="3", LOADER_API_AUTH_WINDOW_SECONDS="3")
+    # A window no test run outlasts: the failures are all still in it when the server answers.
+    # That it ends after Retry-After is tested on a test clock (tests/unit/test_throttle.py).
+    client = server(LOADER_API_AUTH_FAILURES="3", LOADER_API_AUTH_WINDOW_SECONDS="3600")
     report = "/reports/departments-above-mean"
     for _ in range(3):
         assert client.get(report, headers=auth("guess")).status_code == 401
     throttled = client.get(report, headers=auth(READ))
     assert throttled.status_code == 429, "even a right guess is refused while throttled"
     wait = int(throttled.headers["Retry-After"])
-    assert 1 <= wait <= 3 and "too many failed authentications" in throttled.json()["detail"]
+    assert 1 <= wait <= 3600 and "too many failed authentications" in throttled.json()["detail"]
     assert client.get(f"{report}?token=guess").status_code == 429
     other = httpx.Client(
         base_url=client.base_url,
@@ -319,8 +326,6 @@ def test_failed_authentication_is_throttled_per_client_address(server):
     assert other.get(report, headers=auth(READ)).status_code == 200
     assert other.get(report, headers=auth("guess")).status_code == 401
     assert client.get("/healthz").status_code == 200, "endpoints without a token stay open"
-    time.sleep(wait + 0.2)
-    assert client.get(report, headers=auth(READ)).status_code == 200
 
 
 def test_only_read_tokens_are_accepted_in_a_url(api):

@@ -1,157 +1,62 @@
-"""POST /tables/{table}/batches (1 to 1000 rows, JSON or header-less CSV) and GET /batches/{id}."""
+"""Batches: POST /tables/{table}/batches (one batch in, settled through the loader's path) and
+GET /batches/{id} (its verdict from the ledger)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import io
+import logging
+import time
+from collections.abc import Callable
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
-from psycopg.rows import dict_row
-from pydantic import TypeAdapter, ValidationError
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from loader.api.deps import Database, Read, Write
-from loader.api.idempotency import once_per_key
-from loader.api.schemas import (
-    AUTH,
-    MAX_ROWS,
-    ROW_MODELS,
-    BatchAnswer,
-    BatchRecord,
-    ErrorDetail,
-    FailingRow,
-    RowFailure,
-    RunRecord,
-    errors,
+from loader.api.batch_body import ROWS_SCHEMA, parse_batch
+from loader.api.deps import Conn, KnownTable, Reader, ServicesDep, Writer
+from loader.api.idempotency import (
+    Claim,
+    IdempotencyKeys,
+    KeyContended,
+    KeyState,
+    StoredAnswer,
 )
-from loader.flow.errors import InputError
-from loader.flow.model import BatchState, RawBatch
-from loader.flow.source.csv_reader import batch_id, escape_text, read_stream
-from loader.tables import TABLES_BY_NAME, Table
+from loader.api.limits import timed_out_detail
+from loader.api.schemas import AUTH, BatchAnswer, BatchRecord, ErrorDetail, RowFailure, errors
+from loader.api.services import Services
+from loader.flow import ledger
+from loader.flow.model import BatchState, RawBatch, Settlement
+from loader.settings import MAX_BATCH_SIZE, Policy
+from loader.tables import Table
 
-router = APIRouter(tags=["batches"])
+log = logging.getLogger("loader.api")
+POLL_SECONDS = 0.2  # how often a request waiting for another with its key looks again
 
+router = APIRouter(prefix="/batches", tags=["batches"])
+# The same resource, created under the table it goes to.
+table_router = APIRouter(prefix="/tables/{table}", tags=["batches"])
 
-def table_or_404(name: str) -> Table:
-    if name not in TABLES_BY_NAME:
-        raise HTTPException(404, f"unknown table {name!r}; known: {', '.join(TABLES_BY_NAME)}")
-    return TABLES_BY_NAME[name]
+INSERT_DESCRIPTION = f"""Insert 1 to {MAX_BATCH_SIZE} rows through the loader's path: raw, GX \
+checkpoint, promotion, audit.
 
-
-def api_batch_id(table: Table, policy: str, body: bytes) -> str:
-    """The same rows sent again under the same policy are the same batch (a retry)."""
-    return batch_id(f"api:{table.name}:{policy}", 1, body)
-
-
-def batch_from_json(table: Table, body: bytes, source: str) -> RawBatch:
-    """Validate the JSON shape strictly, then lay the rows out as the CSV reader does."""
-    try:
-        rows = TypeAdapter(list[ROW_MODELS[table.name]]).validate_json(body)
-    except ValidationError as error:
-        raise HTTPException(
-            422,
-            [
-                {"loc": e["loc"], "msg": e["msg"]}
-                for e in error.errors(include_url=False, include_context=False, include_input=False)
-            ],
-        ) from None
-    check_row_count(len(rows))
-    values: list[list[str | None]] = [[] for _ in table.columns]
-    problems: list[str | None] = []
-    for row in rows:
-        found = None
-        for column, column_values in zip(table.columns, values, strict=True):
-            text, problem = _text(getattr(row, column.name))
-            column_values.append(text)
-            found = found or problem
-        problems.append(found)
-    return RawBatch(table.name, source, 1, "", list(range(1, len(rows) + 1)), values, problems)
+Body: a JSON array of row objects, or header-less CSV with `Content-Type: text/csv`.
+A retried request (same `Idempotency-Key`, or the same body) gets the first answer back
+with `replayed: true` and the first answer's status code; identical requests sent at once
+are settled once and the others wait for that settlement and get it replayed. A request
+that times out (504) goes on: send it again to get its outcome. Status: 201 promoted
+(wholly or in part); 200 judged and held back (`rejected`, or `waiting` for a department or
+job that does not exist yet: sending it again after that arrives re-judges it); 422 only
+for a malformed request.
+"""
 
 
-def batch_from_csv(table: Table, body: bytes, source: str) -> RawBatch:
-    try:
-        batches = list(read_stream(io.BytesIO(body), source, table, MAX_ROWS + 1))
-    except InputError as error:
-        raise HTTPException(422, str(error)) from None
-    check_row_count(sum(batch.rows for batch in batches))
-    (batch,) = batches
-    return batch
-
-
-def _text(value) -> tuple[str | None, str | None]:
-    """A field as the CSV reader would give it: trimmed, empty as None, NUL and lone
-    surrogates escaped and named (the gate then rejects the row, which raw keeps)."""
-    if value is None:
-        return None, None
-    text, problem = escape_text(str(value).strip())
-    return text or None, problem
-
-
-def check_row_count(rows: int) -> None:
-    if rows == 0:
-        raise HTTPException(422, "a batch needs 1 to 1000 rows; this one has none")
-    if rows > MAX_ROWS:
-        raise HTTPException(413, f"a batch holds at most {MAX_ROWS} rows; this one has {rows}")
-
-
-def answer(
-    batch: RawBatch,
-    status: str,
-    rows_promoted: int,
-    failing: list[dict],
-    reasons: list[dict],
-    replayed: bool = False,
-) -> JSONResponse:
-    """201 promoted (wholly or in part); 200 judged and held back (rejected, waiting); 503
-    failed (a transient database error outlasted the retries)."""
-    line_to_index = {line: index for index, line in enumerate(batch.line_numbers)}
-    failures = [
-        RowFailure(
-            index=line_to_index.get(row["line"], row["line"] - 1), field=f["field"], rule=f["rule"]
-        )
-        for row in failing
-        for f in row["failures"]
-    ]
-    body = BatchAnswer(
-        batch_id=batch.batch_id,
-        status=status,
-        rows=batch.rows,
-        rows_promoted=rows_promoted,
-        rows_rejected=batch.rows - rows_promoted,
-        failures=failures,
-        reasons=reasons,
-        replayed=replayed,
-    ).model_dump(mode="json")
-    if status == BatchState.FAILED:
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-    return JSONResponse(
-        body,
-        status_code=201 if status in (BatchState.PROMOTED, BatchState.PARTIALLY_PROMOTED) else 200,
-    )
-
-
-ROWS_SCHEMA = {
-    "oneOf": [
-        {
-            "title": f"{name} rows",
-            "type": "array",
-            "minItems": 1,
-            "maxItems": MAX_ROWS,
-            "items": model.model_json_schema(),
-        }
-        for name, model in ROW_MODELS.items()
-    ]
-}
-
-
-@router.post(
-    "/tables/{table}/batches",
-    dependencies=[Write],
+@table_router.post(
+    "/batches",
     response_model=BatchAnswer,
     status_code=201,
+    description=INSERT_DESCRIPTION,
     responses={
         201: {"description": "promoted, wholly or in part (`quarantine_rows`)"},
         200: {
@@ -179,9 +84,12 @@ ROWS_SCHEMA = {
     },
 )
 async def insert_batch(
-    table: str,
+    scope: Writer,
+    table: KnownTable,
+    services: ServicesDep,
     request: Request,
-    policy: Literal["reject_batch", "quarantine_rows"] | None = Query(None),
+    response: Response,
+    policy: Annotated[Policy | None, Query()] = None,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -190,104 +98,115 @@ async def insert_batch(
             "second settlement, also after a 504.",
         ),
     ] = None,
-):
-    """Insert 1 to 1000 rows through the loader's path: raw, GX checkpoint, promotion, audit.
-
-    Body: a JSON array of row objects, or header-less CSV with `Content-Type: text/csv`.
-    A retried request (same `Idempotency-Key`, or the same body) gets the first answer back
-    with `replayed: true` and the first answer's status code; identical requests sent at once
-    are settled once and the others wait for that settlement and get it replayed. A request
-    that times out (504) goes on: send it again to get its outcome. Status: 201 promoted
-    (wholly or in part); 200 judged and held back (`rejected`, or `waiting` for a department or
-    job that does not exist yet: sending it again after that arrives re-judges it); 422 only
-    for a malformed request.
-    """
-    described = table_or_404(table)
+) -> BatchAnswer:
+    """Settle the body's rows as one batch and answer with its verdict."""
     body = await request.body()
-    state = request.app.state
-    policy = policy or state.settings.policy
+    policy = policy or services.settings.policy
     as_csv = request.headers.get("content-type", "").split(";")[0].strip() == "text/csv"
-    batch = await run_in_threadpool(parse_batch, described, body, as_csv, policy)
-    work = partial(settle_batch, state, described, batch, policy)
+    batch = await run_in_threadpool(parse_batch, table, body, as_csv, policy)
+    work = partial(settle_batch, services, table, batch, policy)
     if idempotency_key is None:
-        return await state.settlements.run(work)
-    digest = hashlib.sha256(body).hexdigest()
-    return await once_per_key(state, idempotency_key, digest, work)
+        answer = await services.settlements.run(work)
+        status_code = status_of(answer)
+    else:
+        digest = hashlib.sha256(body).hexdigest()
+        answer, status_code = await once_per_key(services, idempotency_key, digest, work)
+    response.status_code = status_code
+    if status_code == 503:  # a transient failure that outlasted the retries: nothing settled
+        response.headers["Retry-After"] = "5"
+    return answer
 
 
-def parse_batch(table: Table, body: bytes, as_csv: bool, policy: str) -> RawBatch:
-    """The request's rows as one batch with its deterministic id; 413 or 422 if malformed."""
-    source = f"api:POST /tables/{table.name}/batches"
-    parse = batch_from_csv if as_csv else batch_from_json
-    batch = parse(table, body, source)
-    batch.batch_id = api_batch_id(table, policy, body)
-    return batch
-
-
-def settle_batch(state, table: Table, batch: RawBatch, policy: str) -> JSONResponse:
+def settle_batch(services: Services, table: Table, batch: RawBatch, policy: Policy) -> BatchAnswer:
     """Settle the batch (blocking: call it on a settlement thread) and answer for it."""
-    settlement = state.settler.settle(table, batch, policy)
+    settlement = services.settler.settle(table, batch, policy)
     if settlement.rows_promoted and not settlement.replayed:
-        state.refresher.request()
-    failing = [
-        {"line": row["line"], "failures": row["failures"]} for row in settlement.rejected_rows
+        services.refresher.request()
+    return answer_for(batch, settlement)
+
+
+def answer_for(batch: RawBatch, settlement: Settlement) -> BatchAnswer:
+    """The request's answer: failing rows by their index in the request, from 0."""
+    line_to_index = {line: index for index, line in enumerate(batch.line_numbers)}
+    failures = [
+        RowFailure(
+            index=line_to_index.get(row["line"], row["line"] - 1), field=f["field"], rule=f["rule"]
+        )
+        for row in settlement.rejected_rows
+        for f in row["failures"]
     ]
-    return answer(
-        batch,
-        settlement.status,
-        settlement.rows_promoted,
-        failing,
-        settlement.reasons,
+    return BatchAnswer(
+        batch_id=batch.batch_id,
+        status=settlement.status,
+        rows=batch.rows,
+        rows_promoted=settlement.rows_promoted,
+        rows_rejected=batch.rows - settlement.rows_promoted,
+        failures=failures,
+        reasons=settlement.reasons,
         replayed=settlement.replayed,
     )
 
 
-@router.get("/batches/{batch_id}", dependencies=[Read], responses=errors(*AUTH, 404, 422, 503, 504))
-def get_batch(batch_id: str, conn: Database) -> BatchRecord:
+def status_of(answer: BatchAnswer) -> int:
+    """201 promoted (wholly or in part); 200 judged and held back (rejected, waiting); 503
+    failed (a transient database error outlasted the retries)."""
+    if answer.status == BatchState.FAILED:
+        return 503
+    return 201 if answer.status in (BatchState.PROMOTED, BatchState.PARTIALLY_PROMOTED) else 200
+
+
+async def once_per_key(
+    services: Services, key: str, digest: str, work: Callable[[], BatchAnswer]
+) -> tuple[BatchAnswer, int]:
+    """The answer for `key` and its status code: the stored one (replayed), the one of a
+    request with this key still running (waited for, up to the request's time), or this
+    request's own, stored for the next."""
+    keys, seconds = services.idempotency, services.settings.api_request_seconds
+    deadline = time.monotonic() + seconds
+    claim = await _claim(keys, key, digest)
+    while claim.state is KeyState.RUNNING:
+        if time.monotonic() > deadline:
+            raise HTTPException(504, timed_out_detail(seconds))
+        await asyncio.sleep(POLL_SECONDS)
+        claim = await _claim(keys, key, digest, take_unsettled=False)
+    if claim.state is KeyState.OTHER_BODY:
+        raise HTTPException(422, "this Idempotency-Key was used with another body")
+    if claim.state is KeyState.ANSWERED:
+        stored = claim.answer
+        return BatchAnswer.model_validate({**stored.body, "replayed": True}), stored.status_code
+    answer = await services.settlements.run(partial(_settle_and_keep, keys, key, work))
+    return answer, status_of(answer)
+
+
+async def _claim(
+    keys: IdempotencyKeys, key: str, digest: str, take_unsettled: bool = True
+) -> Claim:
+    try:
+        return await run_in_threadpool(keys.claim, key, digest, take_unsettled)
+    except KeyContended as error:
+        raise HTTPException(503, str(error), headers={"Retry-After": "2"}) from None
+
+
+def _settle_and_keep(
+    keys: IdempotencyKeys, key: str, work: Callable[[], BatchAnswer]
+) -> BatchAnswer:
+    # Runs on a settlement thread to its end, even when the request has already had its 504.
+    try:
+        answer = work()
+    except BaseException:
+        try:
+            keys.release(key)
+        except Exception as error:  # noqa: BLE001 - the original error is the one to report
+            log.error("could not release Idempotency-Key %r: %s", key, error)
+        raise
+    keys.store(key, StoredAnswer(status_of(answer), answer.model_dump(mode="json")))
+    return answer
+
+
+@router.get("/{batch_id}", responses=errors(*AUTH, 404, 422, 503, 504))
+def get_batch(scope: Reader, batch_id: str, conn: Conn) -> BatchRecord:
     """A batch's verdict from audit.batches, with its failing rows."""
-    found = (
-        conn.cursor(row_factory=dict_row)
-        .execute(
-            "select batch_id, run_id, table_name, source, first_line, last_line, rows_read, "
-            "rows_promoted, rows_rejected, status, reasons, attempts, settled_at "
-            "from audit.batches where batch_id = %s",
-            (batch_id,),
-        )
-        .fetchone()
-    )
+    found = ledger.batch_record(conn, batch_id)
     if found is None:
         raise HTTPException(404, f"no batch {batch_id}")
-    rows = conn.execute(
-        "select line_number, raw_values, failures from audit.rejected_rows where batch_id = %s "
-        "order by line_number",
-        (batch_id,),
-    ).fetchall()
-    return BatchRecord(
-        **found,
-        failing_rows=[
-            FailingRow(line=line, values=values, failures=failures)
-            for line, values, failures in rows
-        ],
-    )
-
-
-@router.get(
-    "/runs/{run_id}",
-    dependencies=[Read],
-    tags=["runs"],
-    responses=errors(*AUTH, 404, 422, 503, 504),
-)
-def get_run(run_id: str, conn: Database) -> RunRecord:
-    """A run's row in audit.runs, with its summary."""
-    found = (
-        conn.cursor(row_factory=dict_row)
-        .execute(
-            "select run_id, started_at, finished_at, input, batch_size, policy, status, host, "
-            "pid, summary from audit.runs where run_id = %s",
-            (run_id,),
-        )
-        .fetchone()
-    )
-    if found is None:
-        raise HTTPException(404, f"no run {run_id}")
-    return RunRecord(**found)
+    return BatchRecord.model_validate(found)

@@ -1,0 +1,84 @@
+"""What the routes share for the server's life: settings, who may call, the connection pool, the
+settler and its threads, Idempotency-Keys and the marts refresher; started and stopped with the
+application. Routes reach it through the typed dependencies in `loader.api.deps`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from loader.api.idempotency import IdempotencyKeys
+from loader.api.pool import DatabasePool
+from loader.api.refresh import MartsRefresher
+from loader.api.throttle import FailureThrottle
+from loader.api.tokens import Token, parse_tokens
+from loader.settings import Settings
+
+if TYPE_CHECKING:  # the settler brings GX and dlt: imported when a server is made, not before
+    from loader.api.settlements import SettlementThreads
+    from loader.flow.api_run import RequestSettler
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call: the known tokens, the failed-authentication throttle, and whether the
+    server is open to anyone (`--insecure-dev` without tokens)."""
+
+    tokens: list[Token]
+    throttle: FailureThrottle
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    url: str
+    access: Access
+    pool: DatabasePool
+    settler: RequestSettler
+    settlements: SettlementThreads
+    idempotency: IdempotencyKeys
+    refresher: MartsRefresher
+
+    @classmethod
+    def create(cls, settings: Settings, url: str, insecure: bool = False) -> Services:
+        """Everything for the database at `url`; the settler forks its gate process here, before
+        the server starts any thread."""
+        from loader.api.settlements import SettlementThreads
+        from loader.flow.api_run import RequestSettler
+
+        access = Access(
+            parse_tokens(settings.api_tokens),
+            FailureThrottle(settings.api_auth_failures, settings.api_auth_window_seconds),
+            insecure,
+        )
+        pool = DatabasePool(url, settings)
+        settler = RequestSettler(settings, url)
+        refresher = MartsRefresher(
+            url,
+            {"LOADER_STATE_DIR": str(settings.state_path)},
+            after_build=settler.build_docs,
+        )
+        return cls(
+            settings,
+            url,
+            access,
+            pool,
+            settler,
+            SettlementThreads(),
+            IdempotencyKeys(pool),
+            refresher,
+        )
+
+    def start(self) -> None:
+        self.pool.open()
+        self.settler.start()
+        self.refresher.start()
+
+    def stop(self) -> None:
+        """Blocks until settlements still running (a 504 does not stop them) have finished and
+        stored their answers: call it off the event loop."""
+        self.settlements.shutdown()
+        self.settler.stop()
+        self.refresher.stop()
+        self.pool.close()
