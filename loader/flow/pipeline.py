@@ -49,7 +49,7 @@ from loader.flow.settle.engine import Settler
 from loader.flow.settle.lanes import Keys, key_ranges
 from loader.flow.settle.line import SettleLine
 from loader.flow.source.chunks import Gathering, gather
-from loader.flow.summary import RunSummary, Stage, TableSummary
+from loader.flow.summary import RUN_STAGES, RunSummary, Stage, TableSummary
 from loader.settings import Policy, Settings
 from loader.tables import Table
 
@@ -135,17 +135,7 @@ class Run:
         self._tally = threading.Lock()  # the summary's counts, shared with the settle line
         # Busy time per stage; promotion overlaps the others, so they add up to more than
         # `elapsed`, the run's wall-clock time.
-        self.seconds = dict.fromkeys(
-            (
-                Stage.READ,
-                Stage.VALIDATE,
-                Stage.RAW_LOAD,
-                Stage.PROMOTE,
-                Stage.DATA_DOCS,
-                Stage.DBT_BUILD,
-            ),
-            0.0,
-        )
+        self.seconds = dict.fromkeys(RUN_STAGES, 0.0)
         self.started = time.perf_counter()
         self.summary = self.new_summary(label)
         open_run(conn, self.run_id, label, batch_size, self.policy)

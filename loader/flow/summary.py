@@ -29,6 +29,17 @@ class Stage(StrEnum):
     ELAPSED = "elapsed"  # the run's wall-clock time
 
 
+# The stages every run counts, in the order the summary shows them.
+RUN_STAGES = (
+    Stage.READ,
+    Stage.VALIDATE,
+    Stage.RAW_LOAD,
+    Stage.PROMOTE,
+    Stage.DATA_DOCS,
+    Stage.DBT_BUILD,
+)
+
+
 class MartsStatus(StrEnum):
     """What the run's `dbt build` did."""
 
