@@ -1,7 +1,8 @@
 """`python -m backup`: create, list, verify, restore and schedule AVRO backups of core.
 
 Exit codes: 0 done, 1 unexpected error, 2 usage (a command-line mistake or an invalid setting),
-3 backup missing, damaged or refused, 4 database unreachable. Every error is one line on stderr.
+3 backup missing, damaged or refused, 4 database or storage unreachable, 5 backup folder
+unusable. Every error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
@@ -71,10 +71,13 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m backup",
         description="AVRO backups of the core tables.",
         epilog="Exit codes: 0 done, 1 unexpected error, 2 usage, 3 backup missing, damaged or "
-        "refused (an unreadable newest backup included), 4 database unreachable.",
+        "refused (an unreadable newest backup included), 4 database or storage unreachable, "
+        "5 backup folder unusable.",
     )
     root.add_argument(
-        "--dir", type=Path, help="backup folder (default BACKUP_DIR, else <state folder>/backups)"
+        "--dir",
+        help="backup folder or URL, e.g. s3://backups/nightly (default BACKUP_DIR, else "
+        "<state folder>/backups)",
     )
     verbs = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     create = verbs.add_parser("create", help="back up tables (all of core by default)")
@@ -104,41 +107,43 @@ def parser() -> argparse.ArgumentParser:
 
 
 def command(args: argparse.Namespace) -> int:
+    from backup.location import Location
     from backup.restore import restore_table
     from backup.schedule import run_schedule
-    from backup.store import create_backup, find_backup, list_backups, verify_backup
+    from backup.store import verify_backup
     from loader.db.connect import database_url
     from loader.settings import Settings
     from loader.tables import table_named
 
     settings = Settings()
-    folder = (args.dir or settings.backup_path).resolve()
+    location = Location(args.dir or settings.backups_at, settings.backups_staging)
     if args.command == "create":
         tables = [table_named(name) for name in args.table] if args.table else None
-        made = create_backup(database_url(settings), folder, tables)
+        made = location.create(database_url(settings), tables)
         rows = ", ".join(f"{name} {entry['rows']}" for name, entry in made.tables.items())
         ledger = made.ledger
         err.print(
-            f"backup {made.stamp} written to {made.path}: {rows} rows; their ledger: "
+            f"backup {made.stamp} written to {location.shown}: {rows} rows; their ledger: "
             f"{ledger['batches']['rows']} batches, {ledger['rejected_rows']['rows']} rejected rows"
         )
         print(made.stamp)
     elif args.command == "list":
-        backups = list_backups(folder)
+        backups = location.backups()
         if args.json:
             print(json.dumps([listed(b) for b in backups], indent=2))
         else:
-            out.print(listing_table(folder, backups))
+            out.print(listing_table(location.shown, backups))
     elif args.command == "verify":
-        backup = find_backup(folder, args.stamp)
+        backup = location.find(args.stamp)
         checked = verify_backup(backup)
         err.print(
             f"backup {backup.stamp} is sound: "
             + ", ".join(f"{name} {rows} rows" for name, rows in checked.items())
         )
     elif args.command == "restore":
+        stamp = location.find(args.stamp).stamp
         done = restore_table(
-            database_url(settings), folder, args.table, args.stamp, args.with_dependents
+            database_url(settings), location.local, args.table, stamp, args.with_dependents
         )
         for each in done:
             err.print(
@@ -147,8 +152,8 @@ def command(args: argparse.Namespace) -> int:
             )
     else:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        err.print(f"backing up to {folder} on {args.cron!r} (UTC), keeping {args.keep}")
-        run_schedule(lambda: database_url(settings), folder, args.cron, args.keep)
+        err.print(f"backing up to {location.shown} on {args.cron!r} (UTC), keeping {args.keep}")
+        run_schedule(lambda: database_url(settings), location, args.cron, args.keep)
     return EXIT_OK
 
 
@@ -175,7 +180,7 @@ def listed(backup: BackupInfo) -> dict:
     }
 
 
-def listing_table(folder: Path, backups: list[BackupInfo]) -> RichTable:
+def listing_table(folder: str, backups: list[BackupInfo]) -> RichTable:
     grid = RichTable(title=f"Backups in {folder}")
     for header in ("stamp", "snapshot (UTC)", "tables and rows", "bytes"):
         grid.add_column(header)
@@ -220,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     from backup.store import BackupError
     from loader.db.connect import DatabaseUnavailable, reason_of
     from loader.db.embedded import EmbeddedServerError
+    from loader.storage import StorageUnavailable
 
     try:
         return command(args)
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         fail(f"invalid setting: {problems}")
         return EXIT_USAGE
-    except (DatabaseUnavailable, EmbeddedServerError) as error:
+    except (DatabaseUnavailable, EmbeddedServerError, StorageUnavailable) as error:
         fail(str(error))
         return EXIT_DATABASE
     except psycopg.OperationalError as error:

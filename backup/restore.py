@@ -271,10 +271,19 @@ def swap_ledger(conn: psycopg.Connection, backup: BackupInfo, tables: list[Table
         since = datetime.fromisoformat(backup.manifest["snapshot_at"])
         redo = ledger.forget_settled_since(conn, names, since)
         forget_stale_answers(conn)
+        forget_files(conn, names)
         return {name: {"redo": redo[name]} for name in names}
     held = ledger.put_back(conn, names)
     forget_stale_answers(conn)
+    forget_files(conn, names)
     return {name: {"batches": held[name][0], "rejected_rows": held[name][1]} for name in names}
+
+
+def forget_files(conn: psycopg.Connection, names: list[str]) -> None:
+    """Forget which export files of the restored tables were loaded: the next run reads them
+    again, and the batch ledger (put back as it was in the backup) decides what it redoes."""
+    if conn.execute("select to_regclass('audit.files')").fetchone()[0] is not None:
+        conn.execute("delete from audit.files where table_name = any(%s)", (names,))
 
 
 def forget_stale_answers(conn: psycopg.Connection) -> None:

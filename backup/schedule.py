@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from backup.store import create_backup, prune
+from backup.location import Location
 
 DEFAULT_CRON = "0 0 * * *"  # every midnight, UTC, as the original system did
 
@@ -29,13 +28,13 @@ def check_keep(keep: int) -> None:
         raise ValueError(f"a schedule must keep at least 1 backup, not {keep!r}")
 
 
-def backup_and_prune(url: Callable[[], str], folder: Path, keep: int) -> None:
+def backup_and_prune(url: Callable[[], str], location: Location, keep: int) -> None:
     """One scheduled run: a full backup, then keep the newest `keep` (at least 1). Errors of
     the run are logged, and the scheduler goes on to the next run."""
     check_keep(keep)
     try:
-        made = create_backup(url(), folder)
-        removed = prune(folder, keep)
+        made = location.create(url())
+        removed = location.prune(keep)
         log.info(
             "backup %s written (%d tables); pruned %s",
             made.stamp,
@@ -46,7 +45,7 @@ def backup_and_prune(url: Callable[[], str], folder: Path, keep: int) -> None:
         log.error("backup failed: %s", error)
 
 
-def run_schedule(url: Callable[[], str], folder: Path, cron: str, keep: int) -> None:
+def run_schedule(url: Callable[[], str], location: Location, cron: str, keep: int) -> None:
     """Block, backing up on every firing of `cron` until interrupted, keeping the newest
     `keep` (at least 1)."""
     check_keep(keep)
@@ -54,7 +53,7 @@ def run_schedule(url: Callable[[], str], folder: Path, cron: str, keep: int) -> 
     scheduler.add_job(
         backup_and_prune,
         trigger(cron),
-        args=(url, folder, keep),
+        args=(url, location, keep),
         id="backup",
         max_instances=1,
         coalesce=True,

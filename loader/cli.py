@@ -14,6 +14,7 @@ import secrets
 import shlex
 import sys
 from contextlib import contextmanager
+from enum import IntEnum
 from importlib.metadata import version
 from pathlib import Path
 from typing import NoReturn
@@ -21,18 +22,25 @@ from typing import NoReturn
 from pydantic import ValidationError
 from rich.console import Console
 
-(
-    EXIT_OK,
-    EXIT_ERROR,
-    EXIT_USAGE,
-    EXIT_INPUT,
-    EXIT_DATABASE,
-    EXIT_REJECTED,
-    EXIT_DBT,
-    EXIT_BUSY,
-    EXIT_STATE,
-    EXIT_CLUSTER,
-) = range(10)
+from loader.settings import Policy
+from loader.tables import TABLES
+
+
+class ExitCode(IntEnum):
+    """The exit statuses of `python -m loader`, as the module docstring and README list them.
+    Scripts and tests compare against these numbers: a value never changes once released."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    INPUT = 3
+    DATABASE = 4
+    REJECTED = 5
+    DBT = 6
+    BUSY = 7
+    STATE = 8
+    CLUSTER = 9
+
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -43,7 +51,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         message = " ".join(message.split())
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def batch_size(text: str) -> int:
@@ -67,6 +75,59 @@ def non_negative(text: str) -> int:
 BUNDLED_SEED = 7  # loader/sample_data/ is `sample --rows 5000 --seed 7`
 
 
+def load_options(command: argparse.ArgumentParser) -> None:
+    """The options `run` and `watch` share: what to read and how."""
+    command.add_argument(
+        "--input",
+        metavar="FOLDER|URL",
+        help="a folder or any URL fsspec opens (s3://bucket/prefix/, gs://, az://) holding "
+        "export files named <table>[_-anything].csv[.gz|.zip] (default: the bundled sample, or "
+        "LOADER_INPUT_DIR)",
+    )
+    command.add_argument(
+        "--encoding",
+        help="the exports' text encoding, e.g. cp1252 or latin-1 (default utf-8, LOADER_ENCODING)",
+    )
+    command.add_argument(
+        "--batch-size", type=batch_size, help="rows per batch, 1..1000 (default 1000)"
+    )
+    command.add_argument(
+        "--policy",
+        choices=[policy.value for policy in Policy],
+        help="reject_batch (default): one failing row holds back its whole batch; "
+        "quarantine_rows: only failing rows are held back",
+    )
+    command.add_argument(
+        "--skip-marts",
+        action="store_true",
+        help="do not run `dbt build` after a run (LOADER_BUILD_MARTS=false)",
+    )
+    spread = command.add_mutually_exclusive_group()
+    spread.add_argument(
+        "--workers",
+        type=positive,
+        metavar="N",
+        help="read, validate and land on a Dask LocalCluster of N single-threaded worker "
+        "processes (LOADER_WORKERS)",
+    )
+    spread.add_argument(
+        "--scheduler",
+        metavar="URL",
+        help="run on the Dask cluster of this scheduler, e.g. tcp://HOST:8786; every worker "
+        "reads the input URL itself, and the state folder at the same path (LOADER_SCHEDULER)",
+    )
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     root = Parser(
         prog="python -m loader",
@@ -80,54 +141,46 @@ def parser() -> argparse.ArgumentParser:
     verbs = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = verbs.add_parser("run", help="load, validate and promote the CSV files")
-    run.add_argument(
-        "--input",
-        type=Path,
-        help="folder with departments.csv, jobs.csv, "
-        "hired_employees.csv (default: the bundled sample, or LOADER_INPUT_DIR)",
-    )
-    run.add_argument("--batch-size", type=batch_size, help="rows per batch, 1..1000 (default 1000)")
-    run.add_argument(
-        "--policy",
-        choices=["reject_batch", "quarantine_rows"],
-        help="reject_batch (default): one failing row holds back its whole batch; "
-        "quarantine_rows: only failing rows are held back",
-    )
+    load_options(run)
     run.add_argument(
         "--max-rejected-rows",
         type=non_negative,
         metavar="N",
-        help=f"exit {EXIT_REJECTED} when more than N rows were held back",
+        help=f"exit {ExitCode.REJECTED} when more than N rows were held back",
     )
     run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     run.add_argument(
         "--no-wait",
         action="store_true",
-        help=f"when another run holds the database, exit {EXIT_BUSY} at once instead of waiting",
+        help=f"when another run holds the database, exit {ExitCode.BUSY} at once instead of "
+        "waiting",
     )
-    run.add_argument(
-        "--skip-marts",
-        action="store_true",
-        help="do not run `dbt build` at the end (LOADER_BUILD_MARTS=false)",
+    watch = verbs.add_parser(
+        "watch",
+        help="list the input every few seconds and run over new or changed files, until "
+        "stopped (SIGTERM, Ctrl-C): one line per run on stdout",
     )
-    spread = run.add_mutually_exclusive_group()
-    spread.add_argument(
-        "--workers",
-        type=positive,
-        metavar="N",
-        help="read, validate and land on a Dask LocalCluster of N single-threaded worker "
-        "processes (LOADER_WORKERS)",
-    )
-    spread.add_argument(
-        "--scheduler",
-        metavar="URL",
-        help="run on the Dask cluster of this scheduler, e.g. tcp://HOST:8786; every worker "
-        "must read the input and state folders at the same paths (LOADER_SCHEDULER)",
+    load_options(watch)
+    watch.add_argument(
+        "--every",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between listings (default 10)",
     )
 
     runs = verbs.add_parser("runs", help="list recent runs and API requests (audit.runs)")
     runs.add_argument("--limit", type=non_negative, default=20, help="how many (default 20)")
     runs.add_argument("--json", action="store_true", help="print them as JSON on stdout")
+
+    rejects = verbs.add_parser(
+        "rejects",
+        help="write a run's held-back rows as an export to correct (FILE.csv) and their "
+        "reasons beside it (FILE.reasons.csv)",
+    )
+    rejects.add_argument("--run", help="the run (default: the latest that held rows back)")
+    rejects.add_argument("--table", choices=[table.name for table in TABLES], help="one table")
+    rejects.add_argument("--out", type=Path, required=True, help="the CSV file to write")
 
     sample = verbs.add_parser("sample", help="write a deterministic sample set of the three files")
     sample.add_argument("--rows", type=non_negative, default=5000, help="hired_employees rows")
@@ -178,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
         "bench",
         help="time the loader, dbt, backup, restore and API next to PostgreSQL's own tools, in "
         "scratch databases (bench_*) on the server in use; refuses to run if its database "
-        f"holds loader rows (exit {EXIT_USAGE})",
+        f"holds loader rows (exit {ExitCode.USAGE})",
     )
     bench.add_argument(
         "--rows", type=positive, default=1_000_000, metavar="N", help="rows to generate (1000000)"
@@ -198,6 +251,7 @@ def settings_from(args: argparse.Namespace):
 
     overrides = {
         "input_dir": getattr(args, "input", None),
+        "encoding": getattr(args, "encoding", None),
         "batch_size": getattr(args, "batch_size", None),
         "policy": getattr(args, "policy", None),
         "build_marts": False if getattr(args, "skip_marts", False) else None,
@@ -205,6 +259,31 @@ def settings_from(args: argparse.Namespace):
         "scheduler": getattr(args, "scheduler", None),
     }
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+LIBRARY_LOG = "libraries.log"  # in the state folder: what dlt, psycopg2, GX and Dask print
+
+
+@contextmanager
+def libraries_quiet(log: Path):
+    """Libraries' output into `log` while a command works; `err` keeps the terminal. A command
+    that fails with something logged says where, in one more line."""
+    from loader.flow.runtime.library_output import library_output_to
+
+    size = log.stat().st_size if log.exists() else 0
+    with library_output_to(log) as terminal:
+        if terminal is None:
+            yield
+            return
+        err.file = terminal
+        try:
+            yield
+        except BaseException as error:
+            if log.exists() and log.stat().st_size > size:
+                error.add_note(f"details: {log}")  # printed under the error's own line
+            raise
+        finally:
+            err.file = None
 
 
 @contextmanager
@@ -236,7 +315,7 @@ def command_run(args: argparse.Namespace) -> int:
     from loader.flow.file_run import run_files
 
     settings = settings_from(args)
-    with progress_display() as progress:
+    with libraries_quiet(settings.state_path / LIBRARY_LOG), progress_display() as progress:
         summary = run_files(
             settings, progress, wait=not args.no_wait, notify=lambda text: err.print(text)
         )
@@ -246,21 +325,55 @@ def command_run(args: argparse.Namespace) -> int:
         summary.render(out)
     if summary.marts_status == "dbt build failed":
         err.print("error: dbt build failed: " + "; ".join(summary.marts_failures))
-        return EXIT_DBT
+        return ExitCode.DBT
     held_back = summary.total("rows_held_back")
     if args.max_rejected_rows is not None and held_back > args.max_rejected_rows:
         err.print(
             f"error: {held_back} rows held back, more than --max-rejected-rows "
             f"{args.max_rejected_rows}"
         )
-        return EXIT_REJECTED
+        return ExitCode.REJECTED
     failed = summary.total("batches_failed")
     if failed:
         err.print(
             f"warning: {failed} batches failed on transient database errors; "
             "run again to retry them"
         )
-    return EXIT_OK
+    return ExitCode.OK
+
+
+def command_watch(args: argparse.Namespace) -> int:
+    """Until SIGTERM or Ctrl-C: the first lets the current run finish, a second abandons it."""
+    import signal
+    import threading
+
+    from loader.flow.watch import Watch, one_line
+
+    settings = settings_from(args)
+    stop = threading.Event()
+
+    def stop_asked(number, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err.print("stopping after the current run (again to abandon it)")
+
+    signal.signal(signal.SIGTERM, stop_asked)
+    signal.signal(signal.SIGINT, stop_asked)
+    err.print(f"watching {settings.input_dir} every {args.every:g} s", markup=False)
+    watch = Watch(
+        settings,
+        args.every,
+        said=lambda text: err.print(text, markup=False),
+        ran=lambda summary: print(one_line(summary), flush=True),
+        stop=stop,
+    )
+    with libraries_quiet(settings.state_path / LIBRARY_LOG):
+        try:
+            watch.run()
+        except KeyboardInterrupt:
+            err.print("stopped: the current run was abandoned (its row says failed)")
+    return ExitCode.OK
 
 
 def command_runs(args: argparse.Namespace) -> int:
@@ -276,11 +389,24 @@ def command_runs(args: argparse.Namespace) -> int:
         runs = recent_runs(conn, args.limit)
     if args.json:
         print(json.dumps(runs, indent=2, default=str))
-        return EXIT_OK
+        return ExitCode.OK
     grid = RichTable(title="Recent runs (newest first)")
-    headers = ("run", "input", "status", "started (UTC)", "seconds", "read", "promoted", "held")
+    headers = (
+        "run",
+        "input",
+        "status",
+        "started (UTC)",
+        "seconds",
+        "files read",
+        "files skipped",
+        "rows read",
+        "promoted",
+        "held",
+    )
     for header in headers:
-        grid.add_column(header, justify="right" if header in headers[4:] else "left")
+        right = header in headers[4:]
+        # The run id whole, whatever the width: it is what `rejects --run` and the API take.
+        grid.add_column(header, justify="right" if right else "left", no_wrap=header == "run")
     for run in runs:
         grid.add_row(
             run["run_id"],
@@ -290,11 +416,36 @@ def command_runs(args: argparse.Namespace) -> int:
             f"{run['seconds']:.1f}",
             *(
                 str(run[name] if run[name] is not None else "")
-                for name in ("rows_read", "rows_promoted", "rows_held_back")
+                for name in (
+                    "files_read",
+                    "files_skipped",
+                    "rows_read",
+                    "rows_promoted",
+                    "rows_held_back",
+                )
             ),
         )
     out.print(grid)
-    return EXIT_OK
+    return ExitCode.OK
+
+
+def command_rejects(args: argparse.Namespace) -> int:
+    from loader.db.connect import connect, database_url
+    from loader.db.schema import ensure_schemas
+    from loader.flow.rejects import write_rejects
+
+    with connect(database_url(settings_from(args)), autocommit=True) as conn:
+        ensure_schemas(conn)
+        written = write_rejects(conn, args.out, args.run, args.table)
+    if written.run_id is None:
+        err.print(f"no run has held rows back; wrote an empty {args.out}", markup=False)
+        return ExitCode.OK
+    counts = ", ".join(
+        f"{table} {rows} ({written.fixed[table]} fixed since)"
+        for table, rows in written.rows.items()
+    )
+    err.print(f"run {written.run_id}: held back {counts}; wrote {args.out}", markup=False)
+    return ExitCode.OK
 
 
 def command_sample(args: argparse.Namespace) -> int:
@@ -307,7 +458,7 @@ def command_sample(args: argparse.Namespace) -> int:
         f"{written['hired_employees']} hired employees "
         f"({len(written['broken_lines'])} broken on purpose), seed {seed}"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def command_db(args: argparse.Namespace) -> int:
@@ -341,7 +492,7 @@ def command_db(args: argparse.Namespace) -> int:
     else:
         stopped = embedded_server(settings).stop()
         err.print("stopped" if stopped else "the embedded server was not running")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def command_marts(args: argparse.Namespace) -> int:
@@ -354,9 +505,9 @@ def command_marts(args: argparse.Namespace) -> int:
     build = build_marts(database_url(settings), settings.state_path)
     if not build.success:
         err.print("error: dbt build failed: " + "; ".join(build.failures))
-        return EXIT_DBT
+        return ExitCode.DBT
     err.print("marts rebuilt: " + ", ".join(f"marts.{k} {v} rows" for k, v in build.rows.items()))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def command_serve(args: argparse.Namespace) -> int:
@@ -381,16 +532,16 @@ def command_report(args: argparse.Namespace) -> int:
         + (f", data docs in {docs}" if docs else ""),
         markup=False,
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def command_docs(args: argparse.Namespace) -> int:
     index = settings_from(args).data_docs_dir / "index.html"
     if not index.exists():
         err.print(f"no data docs yet at {index}: run `python -m loader run` first")
-        return EXIT_INPUT
+        return ExitCode.INPUT
     print(index.as_uri())
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def command_expectations(args: argparse.Namespace) -> int:
@@ -399,7 +550,7 @@ def command_expectations(args: argparse.Namespace) -> int:
 
     write_context(EXPECTATIONS_DIR)
     err.print(f"wrote the suites and checkpoints in {EXPECTATIONS_DIR}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def positive(text: str) -> int:
@@ -420,19 +571,20 @@ def command_bench(args: argparse.Namespace) -> int:
         results = run_bench(settings, plan, lambda text: err.print(text, markup=False))
     except BenchRefused as error:
         err.print(f"error: {error}", markup=False)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except StepFailed as error:
         err.print(f"error: {error}", markup=False)
-        return EXIT_ERROR
+        return ExitCode.ERROR
     render(out, plan.title(), results)
     if args.json:
         write_json(args.json, plan.rows, results)
         err.print(f"wrote {args.json}", markup=False)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 COMMANDS = {
     "run": command_run,
+    "watch": command_watch,
     "runs": command_runs,
     "sample": command_sample,
     "db": command_db,
@@ -440,9 +592,17 @@ COMMANDS = {
     "serve": command_serve,
     "report": command_report,
     "docs": command_docs,
+    "rejects": command_rejects,
     "expectations": command_expectations,
     "bench": command_bench,
 }
+
+
+def fail(message: str, error: BaseException) -> None:
+    """The one line of a failure, and the hint noted on it, if any."""
+    err.print(message, markup=False)
+    for note in getattr(error, "__notes__", ()):
+        err.print(note, markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,41 +612,47 @@ def main(argv: list[str] | None = None) -> int:
     from loader.api.tokens import TokenConfigError
     from loader.db.connect import DatabaseUnavailable, reason_of
     from loader.db.embedded import EmbeddedServerError
-    from loader.flow.errors import ClusterUnavailable, InputError, RunBusy, StateFolderError
+    from loader.flow.errors import (
+        ClusterUnavailable,
+        InputError,
+        RunBusy,
+        StateFolderError,
+        StorageUnavailable,
+    )
 
     try:
         return COMMANDS[args.command](args)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        err.print(f"error: invalid setting: {problems}")
-        return EXIT_USAGE
+        fail(f"error: invalid setting: {problems}", error)
+        return ExitCode.USAGE
     except InputError as error:
-        err.print(f"error: {error}")
-        return EXIT_INPUT
-    except (DatabaseUnavailable, EmbeddedServerError) as error:
-        err.print(f"error: {error}")
-        return EXIT_DATABASE
+        fail(f"error: {error}", error)
+        return ExitCode.INPUT
+    except (DatabaseUnavailable, EmbeddedServerError, StorageUnavailable) as error:
+        fail(f"error: {error}", error)
+        return ExitCode.DATABASE
     except RunBusy as error:
-        err.print(f"error: {error}")
-        return EXIT_BUSY
+        fail(f"error: {error}", error)
+        return ExitCode.BUSY
     except StateFolderError as error:
-        err.print(f"error: {error}")
-        return EXIT_STATE
+        fail(f"error: {error}", error)
+        return ExitCode.STATE
     except ClusterUnavailable as error:
-        err.print(f"error: {error}")
-        return EXIT_CLUSTER
+        fail(f"error: {error}", error)
+        return ExitCode.CLUSTER
     except psycopg.OperationalError as error:
-        err.print(f"error: lost the database: {reason_of(error)}")
-        return EXIT_DATABASE
+        fail(f"error: lost the database: {reason_of(error)}", error)
+        return ExitCode.DATABASE
     except TokenConfigError as error:
-        err.print(f"error: invalid setting: {error}")
-        return EXIT_USAGE
+        fail(f"error: invalid setting: {error}", error)
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
-        err.print(f"error: unexpected {type(error).__name__}: {error}")
-        return EXIT_ERROR
+        fail(f"error: unexpected {type(error).__name__}: {error}", error)
+        return ExitCode.ERROR
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ listed with its variable in `.env.example`.
 
 from __future__ import annotations
 
+import codecs
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -36,7 +37,23 @@ class Settings(BaseSettings):
         description="PostgreSQL to use; absent: the embedded server under the state folder.",
     )
     state_dir: Path = Field(default=Path(".loader"), alias="LOADER_STATE_DIR")
-    input_dir: Path = Field(default=SAMPLE_DATA_DIR, alias="LOADER_INPUT_DIR")
+    input_dir: str = Field(
+        default=str(SAMPLE_DATA_DIR),
+        alias="LOADER_INPUT_DIR",
+        description="A local folder or any URL fsspec opens (s3://bucket/prefix/, gs://, az://).",
+    )
+    docs_keep: int = Field(
+        default=100,
+        ge=1,
+        alias="LOADER_DOCS_KEEP",
+        description="Runs whose GX validations, data docs pages, log folders and dlt load "
+        "packages the state folder keeps; the ledger in audit.* keeps every run.",
+    )
+    encoding: str = Field(
+        default="utf-8",
+        alias="LOADER_ENCODING",
+        description="The exports' text encoding (e.g. cp1252, latin-1 for older systems).",
+    )
     batch_size: int = Field(
         default=MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, alias="LOADER_BATCH_SIZE"
     )
@@ -129,13 +146,31 @@ class Settings(BaseSettings):
         alias="LOADER_API_POOL_TIMEOUT_SECONDS",
         description="How long a request waits for a pooled connection before a 503.",
     )
-    backup_dir: Path | None = Field(default=None, alias="BACKUP_DIR")
+    backup_dir: str | None = Field(
+        default=None,
+        alias="BACKUP_DIR",
+        description="A local folder or any URL fsspec opens (s3://backups/nightly).",
+    )
     kill_at: str | None = Field(
         default=None,
         alias="LOADER_KILL_AT",
         pattern=r"^(after_verdict|after_raw_load|before_commit|after_commit)(:[1-9][0-9]*)?$",
         description="Fault tests only: SIGKILL this process at a named point (see kill_points).",
     )
+
+    @field_validator("input_dir", "backup_dir", mode="before")
+    @classmethod
+    def _input_as_text(cls, value):
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:
@@ -174,5 +209,13 @@ class Settings(BaseSettings):
         return self.state_path / "dlt"
 
     @property
-    def backup_path(self) -> Path:
-        return (self.backup_dir or self.state_path / "backups").resolve()
+    def backups_at(self) -> str:
+        """Where backups go: BACKUP_DIR (a folder or a URL), else the state folder's."""
+        if self.backup_dir and "://" in self.backup_dir:
+            return self.backup_dir
+        return str(Path(self.backup_dir or self.state_path / "backups").resolve())
+
+    @property
+    def backups_staging(self) -> Path:
+        """Where backups for a URL are made and fetched to, locally."""
+        return self.state_path / "backup-staging"

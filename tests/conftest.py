@@ -18,12 +18,37 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from loader.db.embedded import EmbeddedServer
 from loader.sample import write_sample
 from loader.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+# Hypothesis keeps its examples and caches in the temporary folder, not in `.hypothesis/` of
+# the working directory: a test run writes nothing into the repository.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "csv-migrate-hypothesis")
+
+
+def missing_marks(item: pytest.Item) -> list[str]:
+    """The marks `item` lacks: `database` when it reaches the server through these fixtures
+    (a test that starts a server of its own, embedded or pgserver's, is marked by hand), and
+    its folder's mark with `database` in tests/faults and tests/cluster."""
+    needed = ["database"] if "server_url" in getattr(item, "fixturenames", ()) else []
+    for folder in ("faults", "cluster"):
+        if item.path.is_relative_to(REPO / "tests" / folder):
+            needed += [folder, "database"]
+    return [mark for mark in dict.fromkeys(needed) if item.get_closest_marker(mark) is None]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse a test without the marks it needs, so that `-m "not database"` leaves no test
+    that needs PostgreSQL and `-m "not faults and not cluster"` none of the slow ones."""
+    unmarked = [
+        f"{item.nodeid} ({', '.join(lacks)})" for item in items if (lacks := missing_marks(item))
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests without the marks they need: " + "; ".join(unmarked))
 
 
 def pytest_addoption(parser):

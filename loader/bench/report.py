@@ -30,6 +30,7 @@ NAMES = (
     "reference",
     "pgloader",
     "loader",
+    "loader_rerun",
     LOADER_WORKERS,
     "dbt",
     "backup",
@@ -44,6 +45,8 @@ NAMES = (
 REFERENCE_OF = {
     "pgloader": ("reference", SECONDS),
     "loader": ("reference", SECONDS),
+    # The same input again on the same database: the file ledger skips every file unread.
+    "loader_rerun": ("loader", SECONDS),
     LOADER_WORKERS: ("loader", SECONDS),
     "backup": ("pg_dump", SECONDS),
     "restore": ("pg_restore", SECONDS),

@@ -164,8 +164,17 @@ class Bench:
         return url
 
     def load_and_copy(self, folder: Path) -> None:
-        """loader, then on its database: dbt, backup and pg_dump, restore and pg_restore."""
+        """loader, then on its database: loader_rerun (the same input again), dbt, backup and
+        pg_dump, restore and pg_restore."""
         url = self.load_files("loader", folder, self.inputs.sample)
+        self.step(
+            "loader_rerun",
+            "loader.bench.paths:load_files",
+            url=url,
+            state_dir=str(folder / "state-loader"),
+            input_dir=str(self.inputs.sample),
+            batch_size=self.plan.batch_size,
+        )
         rows = core_rows(url)
         for name in ("dbt", "backup", "pg_dump", "restore", "pg_restore"):
             self.rows[name] = rows

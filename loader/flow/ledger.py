@@ -99,6 +99,8 @@ def recent_runs(conn: psycopg.Connection, limit: int) -> list[dict]:
         "(summary ->> 'rows_promoted')::bigint) as rows_promoted, "
         "coalesce((summary -> 'totals' ->> 'rows_held_back')::bigint, "
         "(summary ->> 'rows_held_back')::bigint) as rows_held_back, "
+        "jsonb_array_length(coalesce(summary -> 'files', '[]')) as files_read, "
+        "jsonb_array_length(coalesce(summary -> 'files_skipped', '[]')) as files_skipped, "
         "host, pid from audit.runs order by started_at desc, run_id desc limit %s",
         (limit,),
     )

@@ -7,6 +7,7 @@ shares these, and the API answers with them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
@@ -80,6 +81,11 @@ class ReadCounts:
     lines: int = 0
     rows: int = 0
     blank_lines: int = 0
+
+
+# Where a table's batches come from: a label for the summary, and a function that yields them
+# while filling in the counts it met.
+Source = tuple[str, Callable[[ReadCounts], Iterable[RawBatch]]]
 
 
 @dataclass(frozen=True)

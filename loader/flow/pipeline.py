@@ -23,13 +23,13 @@ from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pyarrow as pa
 from psycopg import sql
 
 from loader.db.connect import reason_of
-from loader.flow.judge.gate import Gate
 from loader.flow.land import RawLoader, raw_copies, without_copies
 from loader.flow.ledger import close_run, new_run_id, open_run
 from loader.flow.model import (
@@ -40,6 +40,7 @@ from loader.flow.model import (
     ReadCounts,
     RunStatus,
     Settlement,
+    Source,
     Verdict,
     accepted_ids,
 )
@@ -53,10 +54,10 @@ from loader.flow.summary import RUN_STAGES, RunSummary, Stage, TableSummary
 from loader.settings import Policy, Settings
 from loader.tables import Table
 
+if TYPE_CHECKING:  # a gate's module imports GX: only the drivers that make one need it
+    from loader.flow.judge.gate import Gate
+
 Progress = Callable[[str, int], None]
-# Where a table's batches come from: a label for the summary, and a function that yields them
-# while filling in the counts it met.
-Source = tuple[str, Callable[[ReadCounts], Iterable[RawBatch]]]
 # A batch landed in raw and judged, ready to settle.
 Landed = tuple[Table, BatchInfo, Verdict, Keys]
 
@@ -132,6 +133,7 @@ class Run:
         self.kill = KillPoints(settings.kill_at)
         self.settlements: list[Settlement] = []
         self.docs: Future[Path] | None = None  # the data docs, asked for once all is judged
+        self.unsettled_sources: set[str] = set()  # sources with a batch left waiting or failed
         self._tally = threading.Lock()  # the summary's counts, shared with the settle line
         # Busy time per stage; promotion overlaps the others, so they add up to more than
         # `elapsed`, the run's wall-clock time.
@@ -214,6 +216,8 @@ class Run:
         if settlement.status != BatchState.PROMOTED and not settlement.replayed:
             self._log_batch(settlement)
         with self._tally:
+            if settlement.status in (BatchState.WAITING, BatchState.FAILED):
+                self.unsettled_sources.add(settlement.batch.source)
             self.summary_of(table).add(settlement)
             if self.keep_settlements:
                 self.settlements.append(settlement)

@@ -138,6 +138,10 @@ class RunSummary:
     marts: dict = field(default_factory=dict)
     marts_status: MartsStatus = MartsStatus.NOT_BUILT
     marts_failures: list[str] = field(default_factory=list)
+    files: list[dict] = field(default_factory=list)  # each file read: url, table, state, counts
+    files_skipped: list[str] = field(default_factory=list)  # loaded before, unchanged
+    files_ignored: list[str] = field(default_factory=list)  # names no table claims
+    files_gone: list[str] = field(default_factory=list)  # removed between listing and reading
 
     def total(self, name: str) -> int:
         return sum(getattr(table, name) for table in self.tables)
@@ -208,5 +212,19 @@ class RunSummary:
         console.print(f"  marts: {self.marts_status}" + (f": {rows}" if rows else ""))
         for failure in self.marts_failures:
             console.print(f"    dbt: {failure}")
+        self._render_files(console)
         console.print(f"  logs: {self.log_dir}")
         console.print(f"  data docs: {self.data_docs}")
+
+    def _render_files(self, console: Console) -> None:
+        console.print(
+            f"  files: {len(self.files)} read, {len(self.files_skipped)} skipped (loaded "
+            f"before, unchanged), {len(self.files_ignored)} ignored (no table by that name)"
+        )
+        for read in self.files:
+            if read["state"] != "loaded":
+                console.print(f"    {read['state']}: {read['url']}", markup=False)
+        for name in self.files_ignored:
+            console.print(f"    ignored: {name}", markup=False)
+        for name in self.files_gone:
+            console.print(f"    removed after it was listed, not read: {name}", markup=False)

@@ -86,6 +86,8 @@ def latest_runs(conn: psycopg.Connection) -> list[dict]:
                 "rejected": counts.get("batches_rejected"),
                 "rows_read": run["rows_read"],
                 "rows_held_back": run["rows_held_back"],
+                "files_read": run["files_read"],
+                "files_skipped": run["files_skipped"],
             }
         )
     return shown

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from distributed import LocalCluster
 
+from loader.cli import ExitCode
 from loader.flow.file_run import run_files
 from tests.cluster.conftest import (
     REPEATED_ID,
@@ -22,7 +23,7 @@ from tests.cluster.conftest import (
 )
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.database]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_a_malformed_last_line_exits_3_with_nothing_promoted(
             "LOADER_BUILD_MARTS": "false",
         },
     )
-    assert done.returncode == 3, done.stderr
+    assert done.returncode == ExitCode.INPUT, done.stderr
     assert f"hired_employees.csv, line {last}: expected 5 fields" in done.stderr
     with psycopg.connect(url) as conn:
         assert conn.execute("select count(*) from audit.batches").fetchone()[0] == 0

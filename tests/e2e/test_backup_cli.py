@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from backup.cli import EXIT_FOLDER, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from loader.flow.file_run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, settings_for, with_database
@@ -44,16 +45,16 @@ def env(database_url, tmp_path_factory):
 
 def test_create_list_verify_and_restore_from_the_command_line(env):
     made = backup("create", env=env)
-    assert made.returncode == 0, made.stderr
+    assert made.returncode == EXIT_OK, made.stderr
     stamp = made.stdout.strip()
     listed = json.loads(backup("list", "--json", env=env).stdout)
     assert listed[-1]["stamp"] == stamp
     assert listed[-1]["tables"] == {"departments": 12, "jobs": 120, "hired_employees": 1500}
-    assert backup("verify", stamp, env=env).returncode == 0
+    assert backup("verify", stamp, env=env).returncode == EXIT_OK
     with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
         conn.execute("delete from core.hired_employees where id > 1000")
     restored = backup("restore", "--table", "hired_employees", env=env)
-    assert restored.returncode == 0, restored.stderr
+    assert restored.returncode == EXIT_OK, restored.stderr
     assert "restored hired_employees: 1500 rows written, 0 deleted" in restored.stderr
     with psycopg.connect(env["DATABASE_URL"]) as conn:
         assert conn.execute("select count(*) from core.hired_employees").fetchone()[0] == 1500
@@ -66,22 +67,23 @@ def test_a_damaged_backup_is_one_line_and_exit_3(env):
         handle.truncate(os.path.getsize(path) - 40)
     for args in (["verify", stamp], ["restore", "--table", "jobs", "--from", stamp]):
         result = backup(*args, env=env)
-        assert result.returncode == 3
+        assert result.returncode == EXIT_REFUSED
         assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
         assert "sha256 does not match the manifest" in result.stderr
 
 
 def test_unknown_backup_and_bad_cron_are_refused(env):
-    assert backup("restore", "--table", "jobs", "--from", "nope", env=env).returncode == 3
+    unknown = backup("restore", "--table", "jobs", "--from", "nope", env=env)
+    assert unknown.returncode == EXIT_REFUSED
     bad = backup("schedule", "--cron", "every night", env=env)
-    assert bad.returncode == 2 and "error:" in bad.stderr
+    assert bad.returncode == EXIT_USAGE and "error:" in bad.stderr
 
 
 def test_a_backup_folder_that_cannot_be_written_is_one_line_and_exit_5(env, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     result = backup("create", env={**env, "BACKUP_DIR": str(blocker / "backups")})
-    assert result.returncode == 5, result.stderr
+    assert result.returncode == EXIT_FOLDER, result.stderr
     assert result.stderr.strip().count("\n") == 0 and "unexpected" not in result.stderr
     assert str(blocker) in result.stderr
 
@@ -93,9 +95,9 @@ def test_a_restore_says_what_it_did_to_the_ledger(env):
     listed = json.loads(backup("list", "--json", env=env).stdout)[-1]
     assert listed["ledger"]["audit.batches"] == 4
     verified = backup("verify", stamp, env=env)
-    assert verified.returncode == 0 and "audit.batches 4 rows" in verified.stderr
+    assert verified.returncode == EXIT_OK and "audit.batches 4 rows" in verified.stderr
     restored = backup("restore", "--table", "hired_employees", "--from", stamp, env=env)
-    assert restored.returncode == 0, restored.stderr
+    assert restored.returncode == EXIT_OK, restored.stderr
     assert "its ledger is back as at the backup (2 batches, 0 rejected rows)" in restored.stderr
 
     folder = os.path.join(env["BACKUP_DIR"], stamp)
@@ -108,7 +110,7 @@ def test_a_restore_says_what_it_did_to_the_ledger(env):
     with open(manifest_path, "w") as handle:
         json.dump(manifest, handle)
     older = backup("restore", "--table", "hired_employees", "--from", stamp, env=env)
-    assert older.returncode == 0, older.stderr
+    assert older.returncode == EXIT_OK, older.stderr
     assert f"backup {stamp} has no ledger (made by an earlier release): 0 batches" in older.stderr
 
 
@@ -116,7 +118,7 @@ def test_a_restore_says_what_it_did_to_the_ledger(env):
 # traceback, and nothing changed (core, the ledger, the backup folder).
 
 
-def refused(result, code=3) -> str:
+def refused(result, code=EXIT_REFUSED) -> str:
     """The one stderr line of a refusal, once the promises every refusal keeps are checked."""
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
@@ -151,7 +153,7 @@ def made(env, tmp_path):
     folder = tmp_path / "backups"
     own = {**env, "BACKUP_DIR": str(folder)}
     created = backup("create", env=own)
-    assert created.returncode == 0, created.stderr
+    assert created.returncode == EXIT_OK, created.stderr
     return own, folder, created.stdout.strip()
 
 
@@ -181,7 +183,7 @@ def rewrite_manifest(folder: Path, change) -> None:
 def test_schedule_refuses_to_keep_fewer_than_one_backup(made, keep):
     env, folder, _ = made
     before = folder_state(folder)
-    line = refused(backup("schedule", "--keep", keep, env=env, timeout=60), code=2)
+    line = refused(backup("schedule", "--keep", keep, env=env, timeout=60), code=EXIT_USAGE)
     assert "--keep" in line
     assert folder_state(folder) == before
 
@@ -311,16 +313,17 @@ def test_an_unreadable_newest_backup_is_reported_not_passed_over(made, rows_take
         assert f"the newest backup, {newest}, cannot be used: manifest.json" in line
 
     listed = backup("list", "--json", env=env)
-    assert listed.returncode == 0 and listed.stderr == ""
+    assert listed.returncode == EXIT_OK and listed.stderr == ""
     stamps = {entry["stamp"]: entry for entry in json.loads(listed.stdout)}
     assert list(stamps) == [older, newest]
     assert stamps[older]["unreadable"] is None and stamps[older]["tables"]
     assert stamps[newest]["unreadable"].startswith("manifest.json")
     table = backup("list", env={**env, "COLUMNS": "250"})
-    assert table.returncode == 0
+    assert table.returncode == EXIT_OK
     (row,) = [line for line in table.stdout.splitlines() if newest in line]
     assert "UNREADABLE: manifest.json" in row
-    assert backup("verify", older, env=env).returncode == 0, "the older one, named, still serves"
+    named = backup("verify", older, env=env)
+    assert named.returncode == EXIT_OK, "the older one, named, still serves"
     assert (database_state(env["DATABASE_URL"]), folder_state(folder)) == before
 
 
@@ -332,11 +335,11 @@ def test_a_command_line_mistake_is_usage_in_one_line(env):
         ["verify", "--json"],
         [],
     ):
-        refused(backup(*args, env=env), code=2)
+        refused(backup(*args, env=env), code=EXIT_USAGE)
 
 
 def test_an_invalid_setting_is_usage_in_one_line(env):
-    line = refused(backup("list", env={**env, "LOADER_BATCH_SIZE": "lots"}), code=2)
+    line = refused(backup("list", env={**env, "LOADER_BATCH_SIZE": "lots"}), code=EXIT_USAGE)
     assert line.startswith("error: invalid setting: LOADER_BATCH_SIZE")
 
 

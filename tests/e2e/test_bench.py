@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from loader.cli import ExitCode
 from loader.db.schema import ensure_schemas
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,6 +22,7 @@ NAMES = [
     "reference",
     "pgloader",
     "loader",
+    "loader_rerun",
     "loader_workers_2",
     "dbt",
     "backup",
@@ -67,7 +69,7 @@ def test_every_step_is_measured_against_its_reference(database_url, tmp_path):
     done = bench(
         database_url, tmp_path, "--rows", "2000", "--repeat", "1", "--json", str(results_file)
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == ExitCode.OK, done.stderr
 
     report = json.loads(results_file.read_text())
     assert report["rows"] == 2000
@@ -88,6 +90,7 @@ def test_every_step_is_measured_against_its_reference(database_url, tmp_path):
 
     for name, reference in [
         ("loader", "reference"),
+        ("loader_rerun", "loader"),
         ("loader_workers_2", "loader"),
         ("backup", "pg_dump"),
         ("restore", "pg_restore"),
@@ -126,7 +129,7 @@ def test_bench_refuses_a_database_holding_loader_rows(database_url, tmp_path):
     try:
         results_file = tmp_path / "bench.json"
         done = bench(database_url, tmp_path, "--rows", "2000", "--json", str(results_file))
-        assert done.returncode == 2, done.stderr
+        assert done.returncode == ExitCode.USAGE, done.stderr
         assert "refuses to run beside data it did not write" in done.stderr
         assert "core.departments" in done.stderr
         assert "working in databases" not in done.stderr  # refused before making any
@@ -141,5 +144,5 @@ def test_bench_refuses_a_database_holding_loader_rows(database_url, tmp_path):
 
 def test_a_bench_of_no_rows_is_a_usage_error(tmp_path):
     done = bench("postgresql://nobody@127.0.0.1:1/none", tmp_path, "--rows", "0")
-    assert done.returncode == 2
+    assert done.returncode == ExitCode.USAGE
     assert done.stderr.count("\n") == 1 and "--rows: must be a whole number >= 1" in done.stderr

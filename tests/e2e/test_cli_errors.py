@@ -11,12 +11,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from loader.cli import ExitCode
 from loader.sample import write_sample
 from tests.e2e.test_cli import assert_one_clean_line, loader
 
 pytestmark = pytest.mark.database
-
-EXIT_STATE = 8
 
 
 @contextmanager
@@ -61,7 +60,7 @@ def test_an_unwritable_state_folder_is_one_line_naming_it_with_exit_8_before_any
 ):
     with small_filesystem(tmp_path / "state", size, read_only) as state:
         result = loader("run", env={"DATABASE_URL": url, "LOADER_STATE_DIR": str(state)})
-    assert result.returncode == EXIT_STATE, result.stderr
+    assert result.returncode == ExitCode.STATE, result.stderr
     assert_one_clean_line(result)
     assert str(state) in result.stderr and reason in result.stderr
     assert counts(url) == {}, "the database was not touched"
@@ -77,7 +76,7 @@ def test_a_state_folder_filling_up_mid_run_is_one_line_and_nothing_is_promoted(u
             "--skip-marts",
             env={"DATABASE_URL": url, "LOADER_STATE_DIR": str(state)},
         )
-    assert result.returncode == EXIT_STATE, result.stderr
+    assert result.returncode == ExitCode.STATE, result.stderr
     assert_one_clean_line(result)
     assert str(state) in result.stderr
     assert counts(url).get("core.hired_employees", 0) == 0
@@ -105,6 +104,6 @@ def test_a_unix_socket_database_url_loads_and_builds_the_marts(url, tmp_path):
     if found is None:
         pytest.skip("this server has no unix socket in /var/run/postgresql or /tmp")
     result = loader("run", env={"DATABASE_URL": found, "LOADER_STATE_DIR": str(tmp_path / "s")})
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == ExitCode.OK, result.stderr
     assert "marts: rebuilt" in result.stdout
     assert counts(url)["core.hired_employees"] > 0

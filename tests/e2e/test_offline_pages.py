@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from loader.cli import ExitCode
 from loader.flow.file_run import run_files
 from loader.sample import write_sample
 from tests.conftest import REPO, running_server, settings_for
@@ -77,7 +78,7 @@ def report(loaded, folder: Path, *options: str) -> Path:
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == ExitCode.OK, done.stderr
     return target
 
 

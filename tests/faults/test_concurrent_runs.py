@@ -8,6 +8,7 @@ import socket
 import psycopg
 import pytest
 
+from loader.cli import ExitCode
 from loader.db.schema import ensure_schemas
 from tests.faults.accounting import assert_every_promise
 from tests.faults.conftest import (
@@ -19,13 +20,13 @@ from tests.faults.conftest import (
     wait_for,
 )
 
-EXIT_BUSY = 7
+pytestmark = [pytest.mark.database, pytest.mark.faults]
 
 
 def assert_one_worked_and_the_others_waited(runs) -> None:
     """One run settled everything; every other one printed once whom it waited for and then
     skipped every batch as already settled."""
-    assert [run.finish() for run in runs] == [0] * len(runs), [run.stderr for run in runs]
+    assert [run.finish() for run in runs] == [ExitCode.OK] * len(runs), [run.stderr for run in runs]
     waiters = [run for run in runs if "waiting for" in run.stderr]
     workers = [run for run in runs if run not in waiters]
     assert len(workers) == 1, "exactly one run did the work, the others waited for it"
@@ -66,7 +67,6 @@ def test_two_runs_at_once_one_waits_and_every_row_lands_once(
     assert_every_promise(fresh_database, small_sample)
 
 
-@pytest.mark.faults
 def test_three_first_runs_at_once_on_a_fresh_database_set_it_up_once_and_load_once(
     fresh_database, small_sample, tmp_path, start_run
 ):
@@ -92,7 +92,7 @@ def test_no_wait_exits_7_at_once_naming_the_holder_and_writes_nothing(
                 lambda: run_id_of(fresh_database, holder), 120, "the holder's audit.runs row"
             )
             impatient = start_run("impatient", small_sample, env, "--no-wait")
-            assert impatient.finish() == EXIT_BUSY
+            assert impatient.finish() == ExitCode.BUSY
             assert holder.process.poll() is None, "the holder was still running"
     assert_clean_stderr(impatient, 1)
     message = impatient.stderr
@@ -100,7 +100,7 @@ def test_no_wait_exits_7_at_once_naming_the_holder_and_writes_nothing(
     assert "--no-wait" in message and fresh_database in message
     assert impatient.stdout_path.read_text() == ""
 
-    assert holder.finish() == 0, holder.stderr
+    assert holder.finish() == ExitCode.OK, holder.stderr
     assert query(fresh_database, "select run_id from audit.runs") == [(holder_id,)]
     assert query(fresh_database, "select distinct _run_id from raw.hired_employees") == [
         (holder_id,)

@@ -1,5 +1,7 @@
-"""The database stops under a run: exit 4 with one line naming the database (password hidden);
-once it is back, a re-run marks the cut-off run abandoned and settles every row once."""
+"""The database stops under a run, at every stage, sessions told to end (`fast`) or cut as by a
+crash (`immediate`): exit 4 with one line naming the database (password hidden), whatever the
+run's threads, its gate process and dlt's load threads met; once it is back, a re-run marks the
+cut-off run abandoned and settles every row once."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pgserver
 import pytest
 
+from loader.cli import ExitCode
 from loader.db.embedded import SYSTEM_USER, EmbeddedServer
 from tests.conftest import free_port, server_folder
 from tests.faults.accounting import assert_every_promise
 from tests.faults.conftest import (
+    MOMENTS,
     assert_abandoned,
     assert_clean_stderr,
     create_database,
@@ -22,7 +26,7 @@ from tests.faults.conftest import (
     wait_until,
 )
 
-EXIT_DATABASE = 4
+pytestmark = [pytest.mark.database, pytest.mark.faults]
 PASSWORD = "s3cret-never-shown"
 
 
@@ -48,10 +52,8 @@ def with_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.replace("@", f":{PASSWORD}@", 1)))
 
 
-@pytest.mark.faults
-@pytest.mark.parametrize(
-    ("mode", "moment"), [("fast", "while settling"), ("immediate", "while landing raw")]
-)
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+@pytest.mark.parametrize("moment", MOMENTS)
 def test_a_database_stopped_mid_run_gives_exit_4_and_a_rerun_settles_every_row_once(
     mode, moment, own_server, large_sample, tmp_path, start_run
 ):
@@ -63,14 +65,14 @@ def test_a_database_stopped_mid_run_gives_exit_4_and_a_rerun_settles_every_row_o
         run_id = wait_until(moment, url, cut_off)
         stop(own_server, mode)
         try:
-            assert cut_off.finish() == EXIT_DATABASE, cut_off.stderr
+            assert cut_off.finish() == ExitCode.DATABASE, cut_off.stderr
         finally:
             own_server.start()
         assert_clean_stderr(cut_off, 1)
         assert shown in cut_off.stderr and PASSWORD not in cut_off.stderr
 
         rerun = start_run("rerun", large_sample, env)
-        assert rerun.finish() == 0, rerun.stderr
+        assert rerun.finish() == ExitCode.OK, rerun.stderr
         assert_clean_stderr(rerun, 0)
         assert_abandoned(url, run_id)
         totals = rerun.summary()["totals"]

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from loader.cli import ExitCode
 from tests.faults.accounting import assert_every_promise
 from tests.faults.conftest import (
     assert_abandoned,
@@ -16,6 +17,8 @@ from tests.faults.conftest import (
     processes_left,
     run_id_of,
 )
+
+pytestmark = [pytest.mark.database, pytest.mark.faults]
 
 # (kill point, pass at which to die, batches the killed run leaves settled). The small sample
 # is 1 + 1 + 30 batches (departments, jobs, hires), judged in three chunks, one per table.
@@ -33,14 +36,17 @@ def test_a_run_killed_at_a_kill_point_loses_and_doubles_nothing_on_the_rerun(
 ):
     url = fresh_database
     env = loader_environment(url, tmp_path / "state")
-    victim = start_run("killed", small_sample, {**env, "LOADER_KILL_AT": f"{point}:{passes}"})
+    # One settling connection: with two, the other lane may commit between the n-th pass and
+    # the kill, and "settled when killed" would be n or n + 1.
+    kill = {"LOADER_KILL_AT": f"{point}:{passes}", "LOADER_SETTLE_CONNECTIONS": "1"}
+    victim = start_run("killed", small_sample, {**env, **kill})
     assert victim.finish() == -signal.SIGKILL, victim.stderr
     assert not processes_left("loader", "run", str(small_sample)), "its gate process died too"
     victim_id = run_id_of(url, victim)
     assert ledger_rows_of(url, victim_id) == settled
 
     rerun = start_run("rerun", small_sample, env)
-    assert rerun.finish() == 0, rerun.stderr
+    assert rerun.finish() == ExitCode.OK, rerun.stderr
     assert_clean_stderr(rerun, 0)
     assert_abandoned(url, victim_id)
     totals = rerun.summary()["totals"]

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from loader.cli import ExitCode
 from tests.conftest import REPO
 from tests.faults.accounting import assert_every_promise
 from tests.faults.conftest import (
@@ -24,8 +25,9 @@ from tests.faults.conftest import (
     wait_until,
 )
 
+pytestmark = [pytest.mark.database, pytest.mark.faults]
 
-@pytest.mark.faults
+
 @pytest.mark.parametrize("moment", MOMENTS)
 def test_a_run_killed_midway_is_marked_abandoned_and_a_rerun_settles_every_row_once(
     moment, fresh_database, large_sample, tmp_path, start_run
@@ -37,7 +39,7 @@ def test_a_run_killed_midway_is_marked_abandoned_and_a_rerun_settles_every_row_o
     victim.kill()
 
     rerun = start_run("rerun", large_sample, env)
-    assert rerun.finish() == 0, rerun.stderr
+    assert rerun.finish() == ExitCode.OK, rerun.stderr
     assert_clean_stderr(rerun, 0)
     assert_abandoned(url, victim_id)
     left_settled = ledger_rows_of(url, victim_id)
@@ -49,7 +51,6 @@ def test_a_run_killed_midway_is_marked_abandoned_and_a_rerun_settles_every_row_o
     assert_every_promise(url, large_sample)
 
 
-@pytest.mark.faults
 def test_a_run_waiting_behind_a_killed_run_marks_it_abandoned_and_does_its_work(
     fresh_database, small_sample, tmp_path, start_run
 ):
@@ -65,7 +66,7 @@ def test_a_run_waiting_behind_a_killed_run_marks_it_abandoned_and_does_its_work(
         wait_for(lambda: "waiting for" in waiter.stderr, 120, "the second run to wait")
         victim.kill()
     # The killed run's session ends once its lock wait does, and frees the run lock.
-    assert waiter.finish() == 0, waiter.stderr
+    assert waiter.finish() == ExitCode.OK, waiter.stderr
     assert_clean_stderr(waiter, 1)
     assert f"waiting for run {victim_id} (host " in waiter.stderr
     assert_abandoned(url, victim_id)
@@ -81,6 +82,6 @@ def test_a_run_waiting_behind_a_killed_run_marks_it_abandoned_and_does_its_work(
         cwd=REPO,
         timeout=120,
     )
-    assert listed.returncode == 0, listed.stderr
+    assert listed.returncode == ExitCode.OK, listed.stderr
     statuses = {run["run_id"]: run["status"] for run in json.loads(listed.stdout)}
     assert statuses == {victim_id: "abandoned", waiter.summary()["run_id"]: "completed"}

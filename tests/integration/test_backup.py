@@ -13,8 +13,9 @@ from datetime import UTC
 import fastavro
 import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 
-from backup.avro import file_sha256
+from backup.avro import export_table, file_sha256
 from backup.restore import restore_table
 from backup.store import (
     BackupError,
@@ -93,34 +94,54 @@ def test_manifest_describes_every_table_and_files_read_with_plain_fastavro(loade
     assert first[2].astimezone(UTC) == record["datetime"]
 
 
-def test_all_tables_come_from_one_snapshot_while_writes_go_on(loaded, folder):
-    """Rows inserted while the backup runs are in none of its files or in all."""
-    writer = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"""
-import psycopg, time
-with psycopg.connect({loaded!r}, autocommit=True) as conn:
-    for i in range(300):
-        conn.execute("insert into core.departments values (%s, 'tmp', 'x', now())", (1000 + i,))
-        conn.execute("insert into core.hired_employees values (%s, 'n', now(), %s, 1, 'x', now())",
-                     (100000 + i, 1000 + i))
-""",
-        ]
-    )
+def ids_in(path) -> set[int]:
+    with path.open("rb") as handle:
+        return {record["id"] for record in fastavro.reader(handle)}
+
+
+def test_all_tables_come_from_one_snapshot_while_writes_go_on(loaded, folder, monkeypatch):
+    """A department and a hire in it, committed by another session once the backup has written
+    departments and before it reads hired_employees: the backup holds neither (the hire would
+    point at a department missing from it), the database both."""
+    with psycopg.connect(loaded) as conn:
+        at_snapshot = {
+            table: {row[0] for row in conn.execute(f"select id from core.{table}")}
+            for table in ("departments", "hired_employees")
+        }
+    written = []
+
+    def export_then_write(conn, table, path):
+        exported = export_table(conn, table, path)
+        if table.name == "departments":
+            assert conn.info.transaction_status == TransactionStatus.INTRANS, "snapshot held"
+            with psycopg.connect(loaded, autocommit=True) as writer:
+                # A backup that blocked writes would leave this waiting on itself for ever.
+                writer.execute("set lock_timeout = '10s'")
+                writer.execute("insert into core.departments values (1000, 'tmp', 'x', now())")
+                writer.execute(
+                    "insert into core.hired_employees values (100000, 'n', now(), 1000, 1, 'x', "
+                    "now())"
+                )
+            written.append(table.name)
+        return exported
+
+    monkeypatch.setattr("backup.store.export_table", export_then_write)
     try:
         made = create_backup(loaded, folder)
+        with psycopg.connect(loaded) as conn:
+            landed = conn.execute(
+                "select (select count(*) from core.departments where id = 1000), "
+                "(select count(*) from core.hired_employees where id = 100000)"
+            ).fetchone()
     finally:
-        writer.wait(timeout=60)
-    with (made.path / "departments.avro").open("rb") as handle:
-        departments = {r["id"] for r in fastavro.reader(handle)}
-    with (made.path / "hired_employees.avro").open("rb") as handle:
-        referenced = {r["department_id"] for r in fastavro.reader(handle)}
-    assert referenced <= departments, "a hire whose department is not in the same backup"
-    with psycopg.connect(loaded, autocommit=True) as conn:
-        conn.execute("delete from core.hired_employees where id >= 100000")
-        conn.execute("delete from core.departments where id >= 1000")
+        with psycopg.connect(loaded, autocommit=True) as conn:
+            conn.execute("delete from core.hired_employees where id = 100000")
+            conn.execute("delete from core.departments where id = 1000")
+    assert written == ["departments"], "the write ran between two of the backup's exports"
+    assert landed == (1, 1), "the write was not held up and is in the database"
+    for table, ids in at_snapshot.items():
+        assert ids_in(made.path / f"{table}.avro") == ids, table
+        assert made.tables[table]["rows"] == len(ids), table
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "manifest", "schema"])
@@ -257,14 +278,16 @@ def test_prune_keeps_the_newest(loaded, folder):
 
 
 def test_a_scheduled_run_backs_up_and_keeps_the_newest(loaded, folder):
+    from backup.location import Location
     from backup.schedule import backup_and_prune
 
     for _ in range(3):
-        backup_and_prune(lambda: loaded, folder, keep=2)
+        backup_and_prune(lambda: loaded, Location(folder, folder.parent / "staging"), keep=2)
     backups = list_backups(folder)
     assert len(backups) == 2
     assert all(set(b.tables) == {"departments", "jobs", "hired_employees"} for b in backups)
-    backup_and_prune(lambda: "postgresql://nobody@127.0.0.1:9/none", folder, keep=2)
+    nowhere = "postgresql://nobody@127.0.0.1:9/none"
+    backup_and_prune(lambda: nowhere, Location(folder, folder.parent / "staging"), keep=2)
     assert len(list_backups(folder)) == 2, "a failed night changes nothing and does not raise"
 
 
@@ -274,6 +297,7 @@ def database_state(url):
 
 
 def test_prune_refuses_to_keep_fewer_than_one_and_deletes_nothing(loaded, folder):
+    from backup.location import Location
     from backup.schedule import backup_and_prune
 
     stamps = [create_backup(loaded, folder).stamp for _ in range(2)]
@@ -281,7 +305,7 @@ def test_prune_refuses_to_keep_fewer_than_one_and_deletes_nothing(loaded, folder
         with pytest.raises(ValueError, match="at least 1"):
             prune(folder, keep)
         with pytest.raises(ValueError, match="at least 1"):
-            backup_and_prune(lambda: loaded, folder, keep)
+            backup_and_prune(lambda: loaded, Location(folder, folder.parent / "staging"), keep)
     assert [b.stamp for b in list_backups(folder)] == stamps, "nothing made, nothing deleted"
 
 

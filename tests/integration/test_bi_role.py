@@ -1,4 +1,4 @@
-"""README's "Connect a BI tool", done as written: `db bi-role` with the password it shows, then
+"""docs/BI.md's "Connect a BI tool", done as written: `db bi-role` with the password it shows, then
 real psql with its two connection strings (host, port, database and role name swapped for the
 test's), reading both reports equal to the marts and refused everywhere else."""
 
@@ -19,7 +19,7 @@ import pytest
 from pgserver._commands import POSTGRES_BIN_PATH
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from loader.cli import parser
+from loader.cli import ExitCode, parser
 from loader.flow.file_run import run_files
 from loader.marts.build import build_marts
 from loader.marts.queries import REPORTS
@@ -39,8 +39,8 @@ REFUSED = {
 
 
 def readme_section() -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    start = text.index("### Connect a BI tool\n")
+    text = (REPO / "docs" / "BI.md").read_text(encoding="utf-8")
+    start = text.index("## Connect a BI tool\n")
     return text[start : text.index("\n#", start + 1)]
 
 
@@ -73,7 +73,7 @@ def bi_role(database_url, readme, tmp_path_factory):
         text=True,
         timeout=120,
     )
-    assert granted.returncode == 0, granted.stderr
+    assert granted.returncode == ExitCode.OK, granted.stderr
     assert f"role {role} can read schema marts and nothing else" in granted.stderr
     assert build_marts(database_url, state).success, "dbt recreates the marts the role reads"
     yield role

@@ -6,8 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from backup.location import Location
 from backup.restore import restore_table
-from backup.store import BackupError, create_backup
+from backup.store import BackupError
 from loader.api.deps import Administrator, KnownTable, ServicesDep
 from loader.api.schemas import AUTH, BackupMade, Restored, RestoredTable, RestoreRequest, errors
 
@@ -19,7 +20,7 @@ table_router = APIRouter(prefix="/tables/{table}", tags=["backups"])
 @router.post("", status_code=201, responses=errors(*AUTH, 503, 504))
 async def create(scope: Administrator, services: ServicesDep) -> BackupMade:
     """Back up every core table now, from one snapshot."""
-    made = await run_in_threadpool(create_backup, services.url, services.settings.backup_path)
+    made = await run_in_threadpool(_location(services).create, services.url)
     return BackupMade(
         stamp=made.stamp, tables={name: entry["rows"] for name, entry in made.tables.items()}
     )
@@ -34,14 +35,11 @@ async def restore(
 ) -> Restored:
     """Replace a table's rows from a backup (newest by default), atomically."""
     body = body or RestoreRequest()
+    location = _location(services)
     try:
+        stamp = (await run_in_threadpool(location.find, body.from_stamp)).stamp
         done = await run_in_threadpool(
-            restore_table,
-            services.url,
-            services.settings.backup_path,
-            table.name,
-            body.from_stamp,
-            body.with_dependents,
+            restore_table, services.url, location.local, table.name, stamp, body.with_dependents
         )
     except BackupError as error:
         raise HTTPException(409, str(error)) from None
@@ -49,3 +47,8 @@ async def restore(
     return Restored(
         restored=[RestoredTable(table=d.table, rows=d.rows, deleted=d.deleted) for d in done]
     )
+
+
+def _location(services) -> Location:
+    settings = services.settings
+    return Location(settings.backups_at, settings.backups_staging)

@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rich.console import Console
 
@@ -31,10 +30,13 @@ from loader.flow.judge.gate import InProcessGate
 from loader.flow.land import RawLoader
 from loader.flow.model import SETTLED
 from loader.flow.pipeline import Progress, Run, known_ids
+from loader.flow.source.exports import stored
+from loader.flow.source.file_ledger import FileRead
+from loader.flow.source.file_sources import table_sources
 from loader.flow.source.pieces import count_piece, cut, place, shares
 from loader.flow.summary import RunSummary, Stage, TableSummary
 from loader.settings import EXPECTATIONS_DIR, Settings
-from loader.tables import TABLES, Table, table_named
+from loader.tables import table_named
 
 
 @dataclass
@@ -94,7 +96,7 @@ class ClusterRun(Run):
             self.run_id, label, self.batch_size, self.policy, log_dir=str(self.log_dir)
         )
 
-    def spread(self, client, files: dict[str, Path]) -> None:
+    def spread(self, client, reads: list[FileRead]) -> None:
         """Count, judge and land every file on the cluster, then settle every batch."""
         job = Job(
             self.url,
@@ -103,48 +105,59 @@ class ClusterRun(Run):
             self.policy,
             self.batch_size,
             self.settings.chunk_rows,
+            self.settings.encoding,
         )
-        self.summary.tables = [TableSummary(table.name, str(files[table.name])) for table in TABLES]
-        placed = self._count(client, files)
-        known = known_ids(self.conn, TABLES)
-        first = [table for table in TABLES if not table.foreign_keys]
-        results = self._judge(client, job, first, files, placed, None)
+        sources = table_sources(reads, self.settings)
+        self.summary.tables = [
+            TableSummary(table.name, label) for table, (label, _) in sources.items()
+        ]
+        placed = self._count(client, reads)
+        known = known_ids(self.conn, sources)
+        first = [read for read in reads if not read.export.table.foreign_keys]
+        results = self._judge(client, job, first, placed, None)
         for result in results:
             if result.table in known:
                 known[result.table] += result.accepted
-        rest = [table for table in TABLES if table.foreign_keys]
+        rest = [read for read in reads if read.export.table.foreign_keys]
         broadcast = client.scatter(known, broadcast=True)
-        results += self._judge(client, job, rest, files, placed, broadcast)
-        self._tally_results(results)
+        results += self._judge(client, job, rest, placed, broadcast)
+        order = {read.export.url: index for index, read in enumerate(reads)}
+        results.sort(key=lambda result: (order[result.source], result.first_row))
+        self._tally_results(results, {read.export.url: read for read in reads})
         self._settle(results)
 
-    def _count(self, client, files: dict[str, Path]) -> dict[str, list]:
-        """Each file's pieces, placed; the summary's lines, blank lines and rows."""
+    def _count(self, client, reads: list[FileRead]) -> dict[str, list]:
+        """Each file's pieces, placed (url → pieces); the summary's lines, blank lines and rows.
+        The driver hashes the files meanwhile, for the file ledger."""
         started = time.perf_counter()
-        pieces = {name: cut(path.absolute()) for name, path in files.items()}
-        futures = {name: client.map(count_piece, found) for name, found in pieces.items()}
+        pieces = {read.export.url: cut(read.export.url) for read in reads}
+        futures = {url: client.map(count_piece, found) for url, found in pieces.items()}
+        for read in reads:
+            with stored(read.export.url) as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023
+                    read.digest.update(block)
         placed = {}
-        for summary in self.summary.tables:
-            counts = client.gather(futures[summary.table])
-            placed[summary.table] = place(pieces[summary.table], counts)
-            summary.lines = sum(count.lines for count in counts)
-            summary.blank_lines = sum(count.blank_lines for count in counts)
-            summary.rows_read = sum(count.rows for count in counts)
+        for read in reads:
+            url = read.export.url
+            counts = client.gather(futures[url])
+            placed[url] = place(pieces[url], counts)
+            summary = self.summary_of(read.export.table)
+            summary.lines += sum(count.lines for count in counts)
+            summary.blank_lines += sum(count.blank_lines for count in counts)
+            summary.rows_read += sum(count.rows for count in counts)
+            read.rows = sum(count.rows for count in counts)
         self.seconds[Stage.COUNT] = time.perf_counter() - started
         return placed
 
-    def _judge(
-        self, client, job: Job, tables: list[Table], files, placed, known
-    ) -> list[TaskResult]:
-        """Every share of `tables` judged and landed by the workers, in file order."""
+    def _judge(self, client, job: Job, reads: list[FileRead], placed, known) -> list[TaskResult]:
+        """Every share of the files `reads` judged and landed by the workers."""
         from distributed import as_completed
 
         task_rows = max(1, self.settings.task_rows // self.batch_size) * self.batch_size
-        rows = {summary.table: summary.rows_read for summary in self.summary.tables}
         futures = [
-            client.submit(judge_share, job, share, str(files[table.name]), known, pure=False)
-            for table in tables
-            for share in shares(table, placed[table.name], rows[table.name], task_rows)
+            client.submit(judge_share, job, share, known, pure=False)
+            for read in reads
+            for share in shares(read.export.table, placed[read.export.url], read.rows, task_rows)
         ]
         results = []
         try:
@@ -156,12 +169,12 @@ class ClusterRun(Run):
         except BaseException:
             client.cancel(futures)
             raise
-        order = {table.name: index for index, table in enumerate(TABLES)}
-        return sorted(results, key=lambda result: (order[result.table], result.first_row))
+        return results
 
-    def _tally_results(self, results: list[TaskResult]) -> None:
+    def _tally_results(self, results: list[TaskResult], reads: dict[str, FileRead]) -> None:
         """The counts a sequential run makes while reading, and which worker did what."""
         for result in results:
+            reads[result.source].batches += len(result.batches)
             summary = self.summary_of(table_named(result.table))
             for judged in result.batches:
                 if summary.count_earlier(judged.earlier, judged.batch.rows):
@@ -210,12 +223,12 @@ class LoadOnCluster:
             keep_settlements=False,
         )
 
-    def load(self, files: dict[str, Path]) -> None:
+    def load(self, reads: list[FileRead]) -> None:
         settings = self.settings
         with dask_client(
             settings.workers, settings.scheduler, settings.scheduler_timeout_seconds
         ) as client:
-            self.run.spread(client, files)
+            self.run.spread(client, reads)
 
     def cancel(self) -> None:
         """Nothing of its own to stop: leaving `dask_client` closed the cluster."""

@@ -50,6 +50,7 @@ class Job:
     policy: Policy
     batch_size: int
     chunk_rows: int
+    encoding: str
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TaskResult:
     """A task's answer to the driver: small, whatever the share's size."""
 
     table: str
+    source: str  # the file's URL
     first_row: int
     worker: str
     batches: list[JudgedBatch]
@@ -88,15 +90,13 @@ class _ThreadTools(threading.local):
 _tools = _ThreadTools()
 
 
-def judge_share(
-    job: Job, share: Share, source: str, known: dict[str, list[int]] | None = None
-) -> TaskResult:
+def judge_share(job: Job, share: Share, known: dict[str, list[int]] | None = None) -> TaskResult:
     """Read, judge and land one share; `known` holds the ids the reference rule accepts."""
     heap.configure()
     table = share.table
     seconds = dict.fromkeys((Stage.READ, Stage.VALIDATE, Stage.RAW_LOAD), 0.0)
     started = time.perf_counter()
-    batches = list(read_share(share, source, job.batch_size))
+    batches = list(read_share(share, job.batch_size, job.encoding))
     seconds[Stage.READ] += time.perf_counter() - started
     gate = _gate(job)
     validated_before = len(gate.validated)
@@ -135,6 +135,7 @@ def judge_share(
     ]
     return TaskResult(
         table.name,
+        share.piece.url,
         share.first_row,
         _worker_name(),
         judged,

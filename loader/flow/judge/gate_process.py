@@ -79,6 +79,8 @@ class ForkedGate:
         kill) is replaced by a new one first, so that a long-lived server does not fail every
         request after it: what the dead one was judging fails, the next work succeeds."""
         try:
+            if not self._alive():
+                raise BrokenProcessPool("the gate process died")
             return self._pool.submit(work, *arguments)
         except BrokenProcessPool:
             self._pool.shutdown(wait=False)
@@ -87,6 +89,12 @@ class ForkedGate:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _alive(self) -> bool:
+        """The child is still there: a gate killed between two requests is replaced before the
+        next one rather than failing it, before the pool itself has noticed the death."""
+        processes = getattr(self._pool, "_processes", None) or {}
+        return all(process.is_alive() for process in processes.values())
 
 
 def _open_gate(context_dir: Path, state_dir: Path, parent: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 AFTER_VERDICT = "after_verdict"  # a chunk judged by GX (in a file run, not yet handed to dlt)
 AFTER_RAW_LOAD = "after_raw_load"  # a land of judged chunks in raw, not handed to settling
@@ -26,13 +27,15 @@ class KillPoints:
         point, _, count = (spec or "").partition(":")
         self.point, self.at = point or None, int(count or 1)
         self.passes = 0
+        self._count = threading.Lock()
 
     def reach(self, point: str) -> None:
         if point != self.point:
             return
-        self.passes += 1
-        if self.passes == self.at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        with self._count:  # the settle line's lanes pass here from threads of their own
+            self.passes += 1
+            if self.passes == self.at:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 NOWHERE = KillPoints(None)

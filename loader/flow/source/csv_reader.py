@@ -20,9 +20,11 @@ import pyarrow as pa
 
 from loader.flow.errors import InputError
 from loader.flow.model import RawBatch, ReadCounts
+from loader.flow.source.exports import ARCHIVE_ERRORS, opened, shown_url
 from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, RUN_ID, SOURCE_FILE, Table
 
 BOM = b"\xef\xbb\xbf"
+DEFAULT_ENCODING = "utf-8"
 NOT_UTF8 = "bytes that are not UTF-8"
 NUL_BYTE = "NUL byte"
 
@@ -52,12 +54,13 @@ def split_fields(text: str, table: Table, where: str) -> list[str | None]:
     return [value.strip() or None for value in fields]
 
 
-def decode_line(raw: bytes) -> tuple[str, str | None]:
+def decode_line(raw: bytes, encoding: str = "utf-8") -> tuple[str, str | None]:
     """Decode one line; undecodable bytes and NULs are escaped and named, never fatal."""
     try:
-        text, problem = raw.decode("utf-8"), None
+        text, problem = raw.decode(encoding), None
     except UnicodeDecodeError:
-        text, problem = raw.decode("utf-8", "backslashreplace"), NOT_UTF8
+        text = raw.decode(encoding, "backslashreplace")
+        problem = NOT_UTF8 if encoding == DEFAULT_ENCODING else f"bytes that are not {encoding}"
     text, escaped = escape_text(text)
     return text, problem or escaped
 
@@ -76,22 +79,37 @@ def escape_text(text: str) -> tuple[str, str | None]:
 
 
 def read_batches(
-    path: Path, table: Table, batch_size: int, counts: ReadCounts | None = None
+    url: str | Path,
+    table: Table,
+    batch_size: int,
+    counts: ReadCounts | None = None,
+    encoding: str = DEFAULT_ENCODING,
+    digest=None,
 ) -> Iterator[RawBatch]:
-    """Yield the file's data rows in batches of `batch_size` consecutive rows.
+    """Yield the export's data rows in batches of `batch_size` consecutive rows.
 
     Args:
-        path: a header-less CSV file (CRLF or LF, optional UTF-8 BOM).
+        url: a header-less CSV file (CRLF or LF, optional UTF-8 BOM), a local path or any URL
+            fsspec opens, `.gz` or `.zip` compressed by name (`exports.opened`).
         table: the table the file holds.
         batch_size: rows per batch (the last batch may be shorter).
         counts: filled in as the file is read, for the run summary.
+        encoding: the export's text encoding; bytes it cannot decode spoil only their row.
+        digest: a hashlib object fed the file's stored bytes as they are read.
     """
-    try:
-        handle = path.open("rb")
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-    with handle:
-        yield from read_stream(handle, str(path), table, batch_size, counts)
+    source = shown_url(str(url))
+    with opened(str(url), digest) as handle:
+        try:
+            yield from read_stream(handle, source, table, batch_size, counts, encoding=encoding)
+        except ARCHIVE_ERRORS as error:
+            reason = f"truncated or corrupt archive ({error})"
+            raise InputError(f"{source}: {reason}", str(url)) from None
+        except OSError as error:
+            reason = error.strerror or error
+            raise InputError(f"{source}: cannot read ({reason})", str(url)) from None
+        except InputError as error:
+            error.source = error.source or str(url)
+            raise
 
 
 def read_stream(
@@ -102,6 +120,7 @@ def read_stream(
     counts: ReadCounts | None = None,
     first_line: int = 1,
     max_rows: int | None = None,
+    encoding: str = DEFAULT_ENCODING,
 ) -> Iterator[RawBatch]:
     """`read_batches` over any binary stream (a file, or the body of an API request).
 
@@ -122,7 +141,7 @@ def read_stream(
         if not stripped.strip():
             counts.blank_lines += 1
             continue
-        text, problem = decode_line(stripped)
+        text, problem = decode_line(stripped, encoding)
         fields = split_fields(text, table, f"{source}, line {line_number}")
         if batch is None:
             batch, content = RawBatch(table.name, source, line_number), bytearray()

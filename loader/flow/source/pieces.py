@@ -12,13 +12,17 @@ before it without parsing them, and reads the rest with the strict reader's own 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from loader.flow.errors import InputError
 from loader.flow.model import RawBatch, ReadCounts
-from loader.flow.source.csv_reader import BOM, read_stream
+from loader.flow.source.csv_reader import BOM, DEFAULT_ENCODING, read_stream
+from loader.flow.source.exports import opened, shown_url, stored
 from loader.tables import Table
 
 PIECE_BYTES = 16 * 1024 * 1024  # per counting task: a fraction of a second to count
@@ -26,10 +30,11 @@ PIECE_BYTES = 16 * 1024 * 1024  # per counting task: a fraction of a second to c
 
 @dataclass(frozen=True)
 class Piece:
-    """Bytes `[start, end)` of a file, starting at a line; `first_line` and `first_row` (the
-    line number and index of the data row it starts with) are known once counted and placed."""
+    """Bytes `[start, end)` of a file (of its uncompressed bytes: a compressed file is one
+    piece), starting at a line; `first_line` and `first_row` (the line number and index of the
+    data row it starts with) are known once counted and placed."""
 
-    path: str
+    url: str
     start: int
     end: int
     first_line: int = 1
@@ -56,11 +61,15 @@ class Share:
     end_row: int
 
 
-def cut(path: Path, piece_bytes: int = PIECE_BYTES) -> list[Piece]:
-    """The file in pieces of about `piece_bytes`, each starting right after a line break."""
-    size = path.stat().st_size
+def cut(url: str | Path, piece_bytes: int = PIECE_BYTES) -> list[Piece]:
+    """The file in pieces of about `piece_bytes`, each starting right after a line break; a
+    compressed file in one piece (it cannot be entered by seeking)."""
+    url = str(url)
+    if not url.endswith(".csv"):
+        return [Piece(url, 0, sys.maxsize)]
     starts = [0]
-    with path.open("rb") as handle:
+    with stored(url) as handle:
+        size = handle.seek(0, 2)
         for guess in range(piece_bytes, size, piece_bytes):
             if guess <= starts[-1]:
                 continue
@@ -68,7 +77,16 @@ def cut(path: Path, piece_bytes: int = PIECE_BYTES) -> list[Piece]:
             handle.readline()  # to the end of the line holding byte `guess - 1`
             if handle.tell() < size:
                 starts.append(handle.tell())
-    return [Piece(str(path), start, end) for start, end in zip(starts, [*starts[1:], size])]
+    return [Piece(url, start, end) for start, end in zip(starts, [*starts[1:], size])]
+
+
+@contextmanager
+def _from(piece: Piece) -> Iterator[BinaryIO]:
+    """The file's (uncompressed) bytes, positioned at the piece's start."""
+    with opened(piece.url) as handle:
+        if piece.start:
+            handle.seek(piece.start)
+        yield handle
 
 
 def is_blank(raw: bytes, line_number: int) -> bool:
@@ -80,8 +98,7 @@ def is_blank(raw: bytes, line_number: int) -> bool:
 
 def lines_of(piece: Piece) -> Iterator[tuple[int, bytes]]:
     """The piece's lines (with their line breaks) and their line numbers."""
-    with open(piece.path, "rb") as handle:
-        handle.seek(piece.start)
+    with _from(piece) as handle:
         position, line_number = piece.start, piece.first_line
         for raw in handle:
             if position >= piece.end:
@@ -105,7 +122,7 @@ def place(pieces: list[Piece], counts: list[Count]) -> list[Piece]:
     """The pieces with their first line and first data row, from the counts before them."""
     placed, line, row = [], 1, 0
     for piece, count in zip(pieces, counts):
-        placed.append(Piece(piece.path, piece.start, piece.end, line, row))
+        placed.append(Piece(piece.url, piece.start, piece.end, line, row))
         line, row = line + count.lines, row + count.rows
     return placed
 
@@ -119,27 +136,35 @@ def shares(table: Table, placed: list[Piece], rows: int, task_rows: int) -> list
     return result
 
 
-def read_share(share: Share, source: str, batch_size: int) -> Iterator[RawBatch]:
+def read_share(
+    share: Share, batch_size: int, encoding: str = DEFAULT_ENCODING
+) -> Iterator[RawBatch]:
     """The share's batches, exactly as `csv_reader.read_stream` cuts them from the whole file.
 
     Rows before the share's first are skipped unparsed (the task before reads them); from its
     first row on, the strict reader itself reads `end_row - first_row` data rows, so a
     malformed line raises its InputError naming file and line.
     """
-    line, position, row = share.piece.first_line, share.piece.start, share.piece.first_row
-    with open(share.piece.path, "rb") as handle:
-        handle.seek(position)
-        for raw in handle:
-            if not is_blank(raw, line):
-                if row == share.first_row:
-                    break
-                row += 1
-            line, position = line + 1, position + len(raw)
-        handle.seek(position)
+    source = shown_url(share.piece.url)
+    line, row = share.piece.first_line, share.piece.first_row
+    with _from(share.piece) as handle:
+        while row < share.first_row:
+            raw = handle.readline()
+            if not raw:
+                break
+            row += not is_blank(raw, line)
+            line += 1
         counts = ReadCounts()
         wanted = share.end_row - share.first_row
         yield from read_stream(
-            handle, source, share.table, batch_size, counts, first_line=line, max_rows=wanted
+            handle,
+            source,
+            share.table,
+            batch_size,
+            counts,
+            first_line=line,
+            max_rows=wanted,
+            encoding=encoding,
         )
     if counts.rows < wanted:
         ended = share.first_row + counts.rows

@@ -8,8 +8,8 @@ judging (Python's). The pass runs the very reader the run uses (`read_batches`),
 cannot disagree, on the second core while the run judges its first chunk; the run lands nothing
 until the pass said the input is whole.
 
-`python -m loader.flow.source.prescan TABLE=PATH ... --batch-size B` exits 0 when every file reads,
-or `INPUT_ERROR` with the reader's one line (file, line, field) on stderr.
+`python -m loader.flow.source.prescan TABLE=URL ... --batch-size B` exits 0 when every file
+reads, or `INPUT_ERROR` with the reader's one line (file, line, field) on stderr.
 """
 
 from __future__ import annotations
@@ -17,22 +17,34 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
+from contextlib import suppress
 
-from loader.flow.errors import InputError
-from loader.flow.source.csv_reader import read_batches
-from loader.tables import TABLES, Table
+from loader.flow.errors import ExportGone, InputError, StorageUnavailable
+from loader.flow.source.csv_reader import DEFAULT_ENCODING, read_batches
+from loader.flow.source.exports import Export
+from loader.tables import table_named
 
 INPUT_ERROR = 3
+STORAGE_ERROR = 4
 
 
 class StructureCheck:
-    """The pass over `files`, started at once; calling it waits for its verdict."""
+    """The pass over `exports`, started at once; calling it waits for its verdict."""
 
-    def __init__(self, files: dict[Table, Path], batch_size: int):
-        arguments = [f"{table.name}={path}" for table, path in files.items()]
+    def __init__(self, exports: list[Export], batch_size: int, encoding: str = DEFAULT_ENCODING):
+        self.exports = exports
+        arguments = [f"{export.table.name}={export.url}" for export in exports]
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__, *arguments, "--batch-size", str(batch_size)],
+            [
+                sys.executable,
+                "-m",
+                __name__,
+                *arguments,
+                "--batch-size",
+                str(batch_size),
+                "--encoding",
+                encoding,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -41,15 +53,18 @@ class StructureCheck:
         self._passed = False
 
     def __call__(self) -> None:
-        """Return once every file read whole; raise its InputError if one did not."""
+        """Return once every file read whole; raise its InputError (with the export as its
+        `source`) if one did not."""
         if self._passed:
             return
         _, errors = self._process.communicate()
+        said = errors.strip().splitlines()[-1:] or [f"exit {self._process.returncode}"]
         if self._process.returncode == INPUT_ERROR:
-            raise InputError(errors.strip().splitlines()[-1])
+            raise InputError(said[0], source=self._export_named_in(said[0]))
+        if self._process.returncode == STORAGE_ERROR:
+            raise StorageUnavailable(said[0])
         if self._process.returncode != 0:
-            last = errors.strip().splitlines()[-1:] or [f"exit {self._process.returncode}"]
-            raise RuntimeError(f"the input's structure check failed: {last[0]}")
+            raise RuntimeError(f"the input's structure check failed: {said[0]}")
         self._passed = True
 
     def cancel(self) -> None:
@@ -58,21 +73,32 @@ class StructureCheck:
             self._process.kill()
             self._process.communicate()
 
+    def _export_named_in(self, message: str) -> Export | None:
+        return next((e for e in self.exports if message.startswith(e.shown + ":")), None) or next(
+            (e for e in self.exports if message.startswith(e.shown + ",")), None
+        )
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
-    parser.add_argument("files", nargs="+", metavar="TABLE=PATH")
+    parser.add_argument("files", nargs="+", metavar="TABLE=URL")
     parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--encoding", default=DEFAULT_ENCODING)
     options = parser.parse_args(argv)
-    tables = {table.name: table for table in TABLES}
     try:
         for argument in options.files:
-            name, _, path = argument.partition("=")
-            for _ in read_batches(Path(path), tables[name], options.batch_size):
-                pass
+            name, _, url = argument.partition("=")
+            with suppress(ExportGone):  # the run skips it too, and says so
+                for _ in read_batches(
+                    url, table_named(name), options.batch_size, None, options.encoding
+                ):
+                    pass
     except InputError as error:
         print(error, file=sys.stderr)
         return INPUT_ERROR
+    except StorageUnavailable as error:
+        print(error, file=sys.stderr)
+        return STORAGE_ERROR
     return 0
 
 
