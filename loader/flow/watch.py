@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from loader.db.connect import DatabaseUnavailable, connect, database_url
+from loader.db.schema import ensure_schemas
 from loader.flow.errors import InputError, StorageUnavailable
 from loader.flow.file_run import plan_reads, run_files
 from loader.flow.source.exports import Export, Listing, list_exports
@@ -65,6 +66,7 @@ class Watch:
             return None
         url = database_url(self.settings)
         with connect(url, autocommit=True) as conn:
+            ensure_schemas(conn)  # a database no run has used yet has no file ledger
             # Files waiting for a parent are tried again only with something new beside them.
             reads, _ = plan_reads(conn, listing, skip_malformed=True, skip_partial=True)
         if not reads:

@@ -350,7 +350,7 @@ def test_a_value_error_from_the_work_is_unexpected_not_usage(env, monkeypatch, c
     def broken(folder):
         raise ValueError("something inside went wrong\nover two lines")
 
-    monkeypatch.setattr("backup.store.list_backups", broken)
+    monkeypatch.setattr("backup.location.list_backups", broken)
     assert main(["--dir", env["BACKUP_DIR"], "list"]) == EXIT_ERROR
     (line,) = capsys.readouterr().err.splitlines()
     assert line == "error: unexpected ValueError: something inside went wrong over two lines"

@@ -13,7 +13,7 @@ from pathlib import Path
 import great_expectations as gx
 
 from loader.flow.judge.rules import suite_for
-from loader.tables import LINE_NUMBER, TABLES
+from loader.tables import BATCH_ID, LINE_NUMBER, TABLES
 
 ID_NAMESPACE = uuid.UUID("5f0c7a52-8d4e-4c43-9d3b-6f3f9b1c2a10")  # csv-migrate's GX objects
 DATASOURCE = "batches"
@@ -21,7 +21,9 @@ BATCH_DEFINITION = "rows"
 STATE_VARIABLE = "LOADER_GX_STATE_DIR"
 RESULT_FORMAT = {
     "result_format": "COMPLETE",
-    "unexpected_index_column_names": [LINE_NUMBER],
+    # A line number alone is unique in one file, not among a table's files (each numbers its
+    # lines from 1) nor among API requests: the batch id says which batch a failing line is of.
+    "unexpected_index_column_names": [LINE_NUMBER, BATCH_ID],
     "return_unexpected_index_query": False,
 }
 

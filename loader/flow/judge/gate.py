@@ -3,7 +3,8 @@
 One validation per chunk keeps GX's fixed cost (about 0.2 s a checkpoint run here) off every
 batch, and the data docs are built once per run rather than by an UpdateDataDocsAction on every
 checkpoint run (another 0.85 s each, measured); `result_format=COMPLETE` with the line number
-as index column lists every failing row, and the line maps it back to its batch. The
+and the batch id as index columns lists every failing row with its batch (a chunk may hold
+batches of several files, whose lines all start at 1). The
 checkpoint's `success` is the authority: a failed checkpoint whose failures cannot be pinned to
 rows rejects every batch it saw. No SQL here.
 """
@@ -126,7 +127,6 @@ class InProcessGate:
             run_id=RunIdentifier(run_name=run_name(chunk)),
         )
         verdicts = {batch_id: Verdict(batch_id) for batch_id in batch_ids}
-        batch_of_line = dict(zip(frame[LINE_NUMBER].tolist(), frame[BATCH_ID].tolist()))
         self.validated += list(result.run_results)
         for validation in result.run_results.values():
             for outcome in validation.results:
@@ -142,9 +142,7 @@ class InProcessGate:
                 if rows:
                     for row in rows:
                         line = int(row[LINE_NUMBER])
-                        verdicts[batch_of_line[line]].failing_rows.setdefault(line, []).append(
-                            failure
-                        )
+                        verdicts[row[BATCH_ID]].failing_rows.setdefault(line, []).append(failure)
                 else:
                     for verdict in verdicts.values():
                         verdict.batch_failures.append(failure)

@@ -73,9 +73,11 @@ class StructureCheck:
             self._process.kill()
             self._process.communicate()
 
-    def _export_named_in(self, message: str) -> Export | None:
-        return next((e for e in self.exports if message.startswith(e.shown + ":")), None) or next(
-            (e for e in self.exports if message.startswith(e.shown + ",")), None
+    def _export_named_in(self, message: str) -> str | None:
+        """The URL of the export whose name starts the reader's message."""
+        return next(
+            (e.url for e in self.exports if message.startswith((e.shown + ":", e.shown + ","))),
+            None,
         )
 
 
