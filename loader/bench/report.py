@@ -119,7 +119,10 @@ def as_json(rows: int, results: list[Result]) -> dict:
                 "seconds": rounded(result.seconds, 6),  # tiny steps: ratios stay exact
                 "rows_per_s": rounded(result.rows_per_s, 1),
                 "peak_rss_mb": rounded(result.peak_rss_mb, 1),
-                "ratio_to_reference": rounded(result.ratio, 3),
+                # Four significant digits: a re-run that reads nothing is a fraction of a percent.
+                "ratio_to_reference": None
+                if result.ratio is None
+                else float(f"{result.ratio:.4g}"),
             }
             for result in results
         ],

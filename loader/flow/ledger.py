@@ -20,6 +20,13 @@ import psycopg
 from loader.db.locks import hold_liveness, is_alive
 from loader.flow.model import SETTLED, BatchInfo, BatchState, RunStatus, Settlement
 
+
+def records(cursor: psycopg.Cursor) -> list[dict]:
+    """A query's rows as dicts by column name, as the CLI's JSON and the dashboard show them."""
+    names = [column.name for column in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
 # --- audit.runs ---------------------------------------------------------------------------
 
 
@@ -104,8 +111,7 @@ def recent_runs(conn: psycopg.Connection, limit: int) -> list[dict]:
         "host, pid from audit.runs order by started_at desc, run_id desc limit %s",
         (limit,),
     )
-    names = [column.name for column in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return records(cursor)
 
 
 # --- audit.batches and audit.rejected_rows ----------------------------------------------------
@@ -232,5 +238,4 @@ def rejection_reasons(conn: psycopg.Connection, limit: int) -> list[dict]:
         "group by 1, 2 order by 3 desc, 1, 2 limit %s",
         (limit,),
     )
-    names = [column.name for column in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return records(cursor)

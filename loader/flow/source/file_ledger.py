@@ -98,14 +98,3 @@ def record_files(conn: psycopg.Connection, run_id: str, files: list[FileRead]) -
                 for read in files
             ],
         )
-
-
-def files_of_run(conn: psycopg.Connection, run_id: str) -> list[dict]:
-    """The files a run read, in the order it recorded them."""
-    cursor = conn.execute(
-        "select url, table_name, state, reason, batches, rows_read, size from audit.files "
-        "where run_id = %s order by file_id",
-        (run_id,),
-    )
-    names = [column.name for column in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
