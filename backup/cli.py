@@ -79,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
         help="backup folder or URL, e.g. s3://backups/nightly (default BACKUP_DIR, else "
         "<state folder>/backups)",
     )
+    root.add_argument(
+        "--log-format",
+        choices=["human", "json"],
+        help="human (default) or json: one JSON object a line on stderr (LOADER_LOG_FORMAT)",
+    )
     verbs = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     create = verbs.add_parser("create", help="back up tables (all of core by default)")
     create.add_argument("--table", action="append", choices=names, help="repeatable")
@@ -107,16 +112,34 @@ def parser() -> argparse.ArgumentParser:
 
 
 def command(args: argparse.Namespace) -> int:
-    from backup.location import Location
-    from backup.restore import restore_table
-    from backup.schedule import run_schedule
-    from backup.store import verify_backup
-    from loader.db.connect import database_url
+    from loader.observe.setup import Process, observers_for
     from loader.settings import Settings
+
+    settings = Settings(**({"log_format": args.log_format} if args.log_format else {}))
+    use_log_format(settings.log_format)
+    observers = observers_for(settings, Process.BACKUP)
+    try:
+        return _command(args, settings, observers)
+    finally:
+        observers.close()
+
+
+def use_log_format(log_format: str) -> None:
+    """Our loggers' lines, and in JSON everything `err` prints, as `log_format` says."""
+    from loader.observe.logs import LogLines, configure_logging
+
+    configure_logging(log_format)
+    if log_format == "json":
+        err.file = LogLines(logging.getLogger("backup.cli"))
+
+
+def _command(args: argparse.Namespace, settings, observers) -> int:
+    from backup.location import Location
+    from backup.schedule import run_schedule
+    from loader.db.connect import database_url
     from loader.tables import table_named
 
-    settings = Settings()
-    location = Location(args.dir or settings.backups_at, settings.backups_staging)
+    location = Location(args.dir or settings.backups_at, settings.backups_staging, observers)
     if args.command == "create":
         tables = [table_named(name) for name in args.table] if args.table else None
         made = location.create(database_url(settings), tables)
@@ -134,16 +157,14 @@ def command(args: argparse.Namespace) -> int:
         else:
             out.print(listing_table(location.shown, backups))
     elif args.command == "verify":
-        backup = location.find(args.stamp)
-        checked = verify_backup(backup)
+        backup, checked = location.verify(args.stamp)
         err.print(
             f"backup {backup.stamp} is sound: "
             + ", ".join(f"{name} {rows} rows" for name, rows in checked.items())
         )
     elif args.command == "restore":
-        stamp = location.find(args.stamp).stamp
-        done = restore_table(
-            database_url(settings), location.local, args.table, stamp, args.with_dependents
+        done = location.restore(
+            database_url(settings), args.table, args.stamp, args.with_dependents
         )
         for each in done:
             err.print(
@@ -151,7 +172,6 @@ def command(args: argparse.Namespace) -> int:
                 + ledger_words(each)
             )
     else:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         err.print(f"backing up to {location.shown} on {args.cron!r} (UTC), keeping {args.keep}")
         run_schedule(lambda: database_url(settings), location, args.cron, args.keep)
     return EXIT_OK

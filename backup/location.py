@@ -13,6 +13,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from backup.restore import Restored, restore_table
 from backup.store import (
     MANIFEST,
     BackupInfo,
@@ -20,17 +21,22 @@ from backup.store import (
     create_backup,
     find_backup,
     list_backups,
+    new_stamp,
     prune,
+    verify_backup,
 )
+from loader.observe.events import Job, Observers
 from loader.storage import StorageUnavailable, is_url, shown_url
-from loader.tables import Table
+from loader.tables import TABLES, Table
 
 
 class Location:
-    """Backups at `where`; `staging` is a local folder this location may use as its cache."""
+    """Backups at `where`; `staging` is a local folder this location may use as its cache.
+    `observers` hear every backup, restore and verify start and end."""
 
-    def __init__(self, where: str | Path, staging: Path):
+    def __init__(self, where: str | Path, staging: Path, observers: Observers | None = None):
         self.where = str(where)
+        self.observers = observers or Observers()
         if is_url(where):
             key = hashlib.sha256(self.where.encode()).hexdigest()[:12]
             self.local = staging / f"remote-{key}"
@@ -44,10 +50,34 @@ class Location:
     def create(self, database: str, tables: list[Table] | None = None) -> BackupInfo:
         """A new backup; for a URL, uploaded (the manifest last) and its staging copy kept as
         the cache of that backup."""
-        made = create_backup(database, self.local, tables)
-        if is_url(self.where):
-            self._upload(made.path)
+        stamp = new_stamp()
+        names = [table.name for table in tables or TABLES]
+        with self.observers.job(Job.BACKUP, stamp, tables=names) as (_, finished):
+            made = create_backup(database, self.local, tables, stamp)
+            if is_url(self.where):
+                self._upload(made.path)
+            finished.backup = made
         return made
+
+    def restore(
+        self, database: str, table: str, stamp: str | None, with_dependents: bool = False
+    ) -> list[Restored]:
+        """Restore `table` from the backup `stamp` (None: the latest), see
+        `restore.restore_table`."""
+        with self.observers.job(Job.RESTORE, stamp or "latest", tables=[table]) as (job, end):
+            chosen = self.find(stamp).stamp
+            job.run_id = chosen
+            end.restored = restore_table(database, self.local, table, chosen, with_dependents)
+        return end.restored
+
+    def verify(self, stamp: str | None) -> tuple[BackupInfo, dict[str, int]]:
+        """The backup `stamp` (None: the latest) and its rows per table, once every file is
+        checked against the manifest (`store.verify_backup`)."""
+        with self.observers.job(Job.VERIFY, stamp or "latest") as (job, finished):
+            backup = self.find(stamp)
+            job.run_id = backup.stamp
+            finished.backup, finished.verified = backup, verify_backup(backup)
+        return backup, finished.verified
 
     def backups(self) -> list[BackupInfo]:
         """Every backup with a manifest, oldest first (see store.list_backups)."""

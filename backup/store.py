@@ -99,11 +99,14 @@ def file_entry(path: Path, written: Written, schema: dict) -> dict:
     }
 
 
-def create_backup(url: str, folder: Path, tables: list[Table] | None = None) -> BackupInfo:
-    """Back up `tables` (default: all of core) and their ledger from one consistent snapshot."""
+def create_backup(
+    url: str, folder: Path, tables: list[Table] | None = None, stamp: str | None = None
+) -> BackupInfo:
+    """Back up `tables` (default: all of core) and their ledger from one consistent snapshot,
+    as `stamp` (default: now's)."""
     tables = tables or list(TABLES)
     names = [table.name for table in tables]
-    stamp = new_stamp()
+    stamp = stamp or new_stamp()
     partial = folder / f".{stamp}.partial"
     partial.mkdir(parents=True)
     try:

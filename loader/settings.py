@@ -26,6 +26,13 @@ class Policy(StrEnum):
     QUARANTINE_ROWS = "quarantine_rows"
 
 
+class LogFormat(StrEnum):
+    """How the CLI and the server write their messages: for people, or one JSON object a line."""
+
+    HUMAN = "human"
+    JSON = "json"
+
+
 class Settings(BaseSettings):
     """Configuration of a run, the embedded server, the API and backups."""
 
@@ -150,6 +157,44 @@ class Settings(BaseSettings):
         default=None,
         alias="BACKUP_DIR",
         description="A local folder or any URL fsspec opens (s3://backups/nightly).",
+    )
+    log_format: LogFormat = Field(
+        default=LogFormat.HUMAN,
+        alias="LOADER_LOG_FORMAT",
+        description="human (default) or json: one JSON object a line on stderr, for log shippers.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        alias="LOADER_METRICS_PORT",
+        description="`serve` and `watch`: serve Prometheus metrics at /metrics on this port "
+        "(absent: not served).",
+    )
+    pushgateway_url: str | None = Field(
+        default=None,
+        alias="LOADER_PUSHGATEWAY_URL",
+        description="Runs and backups push their metrics to this Prometheus Pushgateway.",
+    )
+    metrics_file: Path | None = Field(
+        default=None,
+        alias="LOADER_METRICS_FILE",
+        description="Runs and backups write their metrics to this file (node_exporter's "
+        "textfile collector), replaced atomically.",
+    )
+    metrics_timeout_seconds: float = Field(
+        default=5,
+        gt=0,
+        alias="LOADER_METRICS_TIMEOUT_SECONDS",
+        description="How long a push to the Pushgateway may take before it is given up (one "
+        "warning; the run's outcome is unchanged).",
+    )
+    marts_max_age_seconds: float = Field(
+        default=900,
+        gt=0,
+        alias="LOADER_MARTS_MAX_AGE_SECONDS",
+        description="/readyz: the marts are stale when rows were promoted after their last "
+        "build and that build is older than this.",
     )
     kill_at: str | None = Field(
         default=None,

@@ -12,6 +12,7 @@ from loader.api.pool import DatabasePool
 from loader.api.refresh import MartsRefresher
 from loader.api.throttle import FailureThrottle
 from loader.api.tokens import Token, parse_tokens
+from loader.observe.events import Observers
 from loader.settings import Settings
 
 if TYPE_CHECKING:  # the settler brings GX and dlt: imported when a server is made, not before
@@ -39,6 +40,7 @@ class Services:
     settlements: SettlementThreads
     idempotency: IdempotencyKeys
     refresher: MartsRefresher
+    observers: Observers
 
     @classmethod
     def create(cls, settings: Settings, url: str, insecure: bool = False) -> Services:
@@ -46,6 +48,7 @@ class Services:
         the server starts any thread."""
         from loader.api.settlements import SettlementThreads
         from loader.flow.api_run import RequestSettler
+        from loader.observe.setup import Process, observers_for
 
         access = Access(
             parse_tokens(settings.api_tokens),
@@ -53,7 +56,8 @@ class Services:
             insecure,
         )
         pool = DatabasePool(url, settings)
-        settler = RequestSettler(settings, url)
+        observers = observers_for(settings, Process.SERVE)
+        settler = RequestSettler(settings, url, observers)
         refresher = MartsRefresher(
             url,
             {"LOADER_STATE_DIR": str(settings.state_path)},
@@ -68,6 +72,7 @@ class Services:
             SettlementThreads(),
             IdempotencyKeys(pool),
             refresher,
+            observers,
         )
 
     def start(self) -> None:
@@ -82,3 +87,4 @@ class Services:
         self.settler.stop()
         self.refresher.stop()
         self.pool.close()
+        self.observers.close()

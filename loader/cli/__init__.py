@@ -15,9 +15,9 @@ import sys
 from pydantic import ValidationError
 
 from loader.cli.commands import COMMANDS
-from loader.cli.console import err
+from loader.cli.console import err, use_log_format
 from loader.cli.exit_codes import ExitCode
-from loader.cli.options import parser
+from loader.cli.options import parser, settings_from
 
 __all__ = ["ExitCode", "main", "parser"]
 
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     try:
+        if hasattr(args, "log_format"):  # the commands a service or a scheduler runs
+            use_log_format(settings_from(args).log_format)
         return COMMANDS[args.command](args)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())

@@ -8,22 +8,38 @@ import json
 import secrets
 import shlex
 
-from loader.cli.console import LIBRARY_LOG, err, libraries_quiet, out, progress_display
+from loader.cli.console import (
+    LIBRARY_LOG,
+    err,
+    json_logs,
+    libraries_quiet,
+    out,
+    progress_display,
+)
 from loader.cli.exit_codes import ExitCode
 from loader.cli.options import settings_from
 
 
 def command_run(args: argparse.Namespace) -> int:
     from loader.flow.file_run import run_files
+    from loader.observe.setup import Process, observers_for
 
     settings = settings_from(args)
-    with libraries_quiet(settings.state_path / LIBRARY_LOG), progress_display() as progress:
-        summary = run_files(
-            settings, progress, wait=not args.no_wait, notify=lambda text: err.print(text)
-        )
+    observers = observers_for(settings, Process.RUN)
+    try:
+        with libraries_quiet(settings.state_path / LIBRARY_LOG), progress_display() as progress:
+            summary = run_files(
+                settings,
+                progress,
+                wait=not args.no_wait,
+                notify=lambda text: err.print(text),
+                observers=observers,
+            )
+    finally:
+        observers.close()  # pushed or written, whatever the run's end
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
-    else:
+    elif not json_logs():  # in JSON, the log's `file_run.finished` line is the summary
         summary.render(out)
     if summary.marts_status == "dbt build failed":
         err.print("error: dbt build failed: " + "; ".join(summary.marts_failures))
@@ -50,6 +66,7 @@ def command_watch(args: argparse.Namespace) -> int:
     import threading
 
     from loader.flow.watch import Watch, one_line
+    from loader.observe.setup import Process, observers_for
 
     settings = settings_from(args)
     stop = threading.Event()
@@ -63,18 +80,23 @@ def command_watch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop_asked)
     signal.signal(signal.SIGINT, stop_asked)
     err.print(f"watching {settings.input_dir} every {args.every:g} s", markup=False)
+    observers = observers_for(settings, Process.WATCH)
     watch = Watch(
         settings,
         args.every,
         said=lambda text: err.print(text, markup=False),
-        ran=lambda summary: print(one_line(summary), flush=True),
+        # In JSON, each run's `watch_run.finished` log line says it.
+        ran=(lambda summary: None) if json_logs() else lambda s: print(one_line(s), flush=True),
         stop=stop,
+        observers=observers,
     )
     with libraries_quiet(settings.state_path / LIBRARY_LOG):
         try:
             watch.run()
         except KeyboardInterrupt:
             err.print("stopped: the current run was abandoned (its row says failed)")
+        finally:
+            observers.close()
     return ExitCode.OK
 
 
@@ -201,10 +223,15 @@ def command_marts(args: argparse.Namespace) -> int:
     from loader.db.connect import database_url
     from loader.flow.runtime.state_folder import check_writable
     from loader.marts.build import build_marts
+    from loader.observe.setup import Process, observers_for
 
     settings = settings_from(args)
     check_writable(settings.state_path)  # dbt writes its target there: exit 8, not a dbt error
-    build = build_marts(database_url(settings), settings.state_path)
+    observers = observers_for(settings, Process.RUN)
+    try:
+        build = build_marts(database_url(settings), settings.state_path, observers)
+    finally:
+        observers.close()
     if not build.success:
         err.print("error: dbt build failed: " + "; ".join(build.failures))
         return ExitCode.DBT

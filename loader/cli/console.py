@@ -14,6 +14,26 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 LIBRARY_LOG = "libraries.log"  # in the state folder: what dlt, psycopg2, GX and Dask print
+_logs = None  # our loggers' handler (`use_log_format`): it follows `err` to the terminal
+_json = False
+
+
+def use_log_format(log_format) -> None:
+    """Our loggers' lines, and in JSON everything `err` prints, as `log_format` says."""
+    global _logs, _json
+    import logging
+
+    from loader.observe.logs import LogLines, configure_logging
+    from loader.settings import LogFormat
+
+    _logs = configure_logging(log_format)
+    _json = log_format == LogFormat.JSON
+    err.file = LogLines(logging.getLogger("loader.cli")) if _json else None
+
+
+def json_logs() -> bool:
+    """Whether messages go out as JSON lines (then stdout carries only asked-for data)."""
+    return _json
 
 
 @contextmanager
@@ -27,7 +47,11 @@ def libraries_quiet(log: Path):
         if terminal is None:
             yield
             return
-        err.file = terminal
+        saved = err.file if _json else None
+        if _logs is not None:
+            _logs.setStream(terminal)
+        if not _json:
+            err.file = terminal
         try:
             yield
         except BaseException as error:
@@ -35,7 +59,9 @@ def libraries_quiet(log: Path):
                 error.add_note(f"details: {log}")  # printed under the error's own line
             raise
         finally:
-            err.file = None
+            if _logs is not None:
+                _logs.setStream(sys.stderr)
+            err.file = saved
 
 
 @contextmanager

@@ -85,6 +85,31 @@ def load_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def log_options(command: argparse.ArgumentParser, metrics: bool = False) -> None:
+    """How a long-lived or unattended command is watched: its log format, its metrics port."""
+    from loader.settings import LogFormat
+
+    command.add_argument(
+        "--log-format",
+        choices=[log_format.value for log_format in LogFormat],
+        help="human (default) or json: one JSON object a line on stderr (LOADER_LOG_FORMAT)",
+    )
+    if metrics:
+        command.add_argument(
+            "--metrics-port",
+            type=port,
+            metavar="PORT",
+            help="serve Prometheus metrics at /metrics on this port, read token required "
+            "(LOADER_METRICS_PORT)",
+        )
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1..65535, got {text!r}")
+    return int(text)
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -117,6 +142,7 @@ def parser() -> argparse.ArgumentParser:
         help=f"exit {ExitCode.REJECTED} when more than N rows were held back",
     )
     run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    log_options(run)
     run.add_argument(
         "--no-wait",
         action="store_true",
@@ -136,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between listings (default 10)",
     )
+    log_options(watch, metrics=True)
 
     runs = verbs.add_parser("runs", help="list recent runs and API requests (audit.runs)")
     runs.add_argument("--limit", type=non_negative, default=20, help="how many (default 20)")
@@ -173,7 +200,10 @@ def parser() -> argparse.ArgumentParser:
     bi_role.add_argument("--name", default="bi_reader", help="role name (default bi_reader)")
     bi_role.add_argument("--password", required=True, help="the role's password")
 
-    verbs.add_parser("marts", help="run `dbt build` on the database in use (exit 6 on failure)")
+    marts = verbs.add_parser(
+        "marts", help="run `dbt build` on the database in use (exit 6 on failure)"
+    )
+    log_options(marts)
     serve = verbs.add_parser("serve", help="the REST API (FastAPI; OpenAPI at /docs)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -182,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start with no LOADER_API_TOKENS: every endpoint open (development)",
     )
+    log_options(serve, metrics=True)
     report = verbs.add_parser("report", help="write the dashboard as one self-contained HTML file")
     report.add_argument("--html", type=Path, required=True, help="file to write")
     report.add_argument(
@@ -231,5 +262,7 @@ def settings_from(args: argparse.Namespace):
         "build_marts": False if getattr(args, "skip_marts", False) else None,
         "workers": getattr(args, "workers", None),
         "scheduler": getattr(args, "scheduler", None),
+        "log_format": getattr(args, "log_format", None),
+        "metrics_port": getattr(args, "metrics_port", None),
     }
     return Settings(**{key: value for key, value in overrides.items() if value is not None})

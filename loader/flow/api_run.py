@@ -38,6 +38,7 @@ from loader.flow.land import RawLoader
 from loader.flow.ledger import batch_states, mark_abandoned, recorded
 from loader.flow.model import SETTLED, BatchInfo, BatchState, RawBatch, ReadCounts, Settlement
 from loader.flow.pipeline import Run, Source
+from loader.observe.events import Job, Observers
 from loader.settings import EXPECTATIONS_DIR, Policy, Settings
 from loader.tables import TABLES, Table
 
@@ -75,9 +76,11 @@ class RequestSettler:
     server's life (stop once no request is waiting any more).
     """
 
-    def __init__(self, settings: Settings, url: str):
+    def __init__(self, settings: Settings, url: str, observers: Observers | None = None):
+        """`observers` hear each gathered run start and end."""
         self.settings = settings
         self.url = url
+        self.observers = observers or Observers()
         with connect(url, autocommit=True) as conn:
             ensure_schemas(conn)
             mark_abandoned(conn)
@@ -202,7 +205,19 @@ class RequestSettler:
         batch_size = max(request.batch.rows for request in requests)
         with self.gate_lock:
             self.docs_behind = True
-            run = Run(self.settings, conn, self.gate, self.raw, label, policy, batch_size)
+            run = Run(
+                self.settings,
+                conn,
+                self.gate,
+                self.raw,
+                label,
+                policy,
+                batch_size,
+                observers=self.observers,
+                job=Job.API_RUN,
+                inputs=[f"api:{table.name}" for table in tables],
+                tables=[table.name for table in tables],
+            )
             try:
                 # Settled on `conn` itself (no settle line): its request locks have the keys of
                 # the batch locks settling takes, which another session would wait for forever.

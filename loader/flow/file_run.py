@@ -52,6 +52,7 @@ from loader.flow.source.file_ledger import (
 from loader.flow.source.file_sources import table_sources
 from loader.flow.summary import MartsStatus, RunSummary, Stage
 from loader.marts.build import build_marts
+from loader.observe.events import Finished, Job, Observers
 from loader.settings import EXPECTATIONS_DIR, Settings
 
 if TYPE_CHECKING:  # the pipeline imports dlt: a run with nothing new never needs it
@@ -67,8 +68,14 @@ class LoadHere:
     chunks are judged. Leaving it closes the gate."""
 
     def __init__(
-        self, settings: Settings, conn: psycopg.Connection, url: str, progress: Progress | None
+        self,
+        settings: Settings,
+        conn: psycopg.Connection,
+        url: str,
+        progress: Progress | None,
+        **observing,
     ):
+        """`observing`: the run's observers and what they are told (`pipeline.Run`)."""
         from loader.flow.judge.gate_process import ForkedGate
         from loader.flow.land import RawLoader
         from loader.flow.pipeline import Run
@@ -87,6 +94,7 @@ class LoadHere:
                 settings.batch_size,
                 progress,
                 keep_settlements=False,  # a file may hold millions of batches: logged, not kept
+                **observing,
             )
         except BaseException:
             self.gate.close()
@@ -143,6 +151,8 @@ def run_files(
     notify: Callable[[str], None] = lambda message: None,
     listing: Listing | None = None,
     skip_malformed: bool = False,
+    observers: Observers | None = None,
+    job: Job = Job.FILE_RUN,
 ) -> RunSummary:
     """The input's new or changed exports through the pipeline, then data docs and marts; on a
     Dask cluster when `settings` name workers or a scheduler.
@@ -153,7 +163,9 @@ def run_files(
         listing: the input as listed already (`watch`); None: listed now.
         skip_malformed: do not read again a file found malformed before and unchanged since
             (`watch`; a `run` reads it again and stops on it).
+        observers: told the run started (as `job`) and how it ended, and of its marts build.
     """
+    observers = observers or Observers()
     check_writable(settings.state_path)
     listing = listing or list_exports(settings.input_dir)
     heap.configure()
@@ -167,10 +179,11 @@ def run_files(
                 summary.files_skipped = [export.shown for export in skipped]
                 summary.files_ignored = listing.ignored
 
+            observing = {"observers": observers, "job": job}
             if reads:
-                summary = _load(settings, conn, url, reads, progress, listed)
+                summary = _load(settings, conn, url, reads, progress, listed, observing)
             else:
-                summary = _nothing_new(settings, conn, listed)
+                summary = _nothing_new(settings, conn, listed, observing)
         summary.write(settings.logs_dir / summary.run_id / "summary.json")
     except (InputError, DatabaseUnavailable, StorageUnavailable, RunBusy, KeyboardInterrupt):
         raise
@@ -196,6 +209,7 @@ def _load(
     reads: list[FileRead],
     progress: Progress | None,
     listed: Callable[[RunSummary], None],
+    observing: dict,
 ) -> RunSummary:
     """Load, settle, record the files, build the docs and the marts; the run's row closed
     either way, a malformed file recorded as such."""
@@ -204,7 +218,9 @@ def _load(
         from loader.flow.cluster.driver import LoadOnCluster  # Dask only where it is asked for
 
         loading = LoadOnCluster
-    with loading(settings, conn, url, progress) as load:
+    observing["inputs"] = [read.export.shown for read in reads]
+    observing["tables"] = list(dict.fromkeys(read.export.table.name for read in reads))
+    with loading(settings, conn, url, progress, **observing) as load:
         run = load.run
         listed(run.summary)
         try:
@@ -228,11 +244,17 @@ def _load(
 
 
 def _nothing_new(
-    settings: Settings, conn: psycopg.Connection, listed: Callable[[RunSummary], None]
+    settings: Settings,
+    conn: psycopg.Connection,
+    listed: Callable[[RunSummary], None],
+    observing: dict,
 ) -> RunSummary:
-    """A run whose every file was loaded before: its row opened and closed, nothing started."""
+    """A run whose every file was loaded before: its row opened and closed, nothing started;
+    its observers hear it start and complete with nothing read."""
     run_id = new_run_id()
     open_run(conn, run_id, settings.input_dir, settings.batch_size, settings.policy)
+    observers: Observers = observing["observers"]
+    started = observers.start(observing["job"], run_id)
     summary = RunSummary(
         run_id,
         settings.input_dir,
@@ -245,6 +267,7 @@ def _nothing_new(
     summary.data_docs = str(docs) if docs.exists() else ""
     listed(summary)
     close_run(conn, run_id, RunStatus.COMPLETED, summary.as_dict())
+    observers.finished(started, Finished(summary=summary))
     return summary
 
 
@@ -315,7 +338,7 @@ def _prune(settings: Settings) -> None:
 
 def _build_marts(run: Run, url: str) -> None:
     started = time.perf_counter()
-    build = build_marts(url, run.settings.state_path)
+    build = build_marts(url, run.settings.state_path, run.observers, parent=run.observed)
     run.seconds[Stage.DBT_BUILD] = time.perf_counter() - started
     run.summary.marts_status = MartsStatus.REBUILT if build.success else MartsStatus.FAILED
     run.summary.marts, run.summary.marts_failures = build.rows, build.failures

@@ -51,6 +51,7 @@ from loader.flow.settle.lanes import Keys, key_ranges
 from loader.flow.settle.line import SettleLine
 from loader.flow.source.chunks import Gathering, gather
 from loader.flow.summary import RUN_STAGES, RunSummary, Stage, TableSummary
+from loader.observe.events import Finished, Job, Observers, describe, ending_of
 from loader.settings import Policy, Settings
 from loader.tables import Table
 
@@ -117,10 +118,17 @@ class Run:
         batch_size: int,
         progress: Progress | None = None,
         keep_settlements: bool = True,
+        observers: Observers | None = None,
+        job: Job = Job.FILE_RUN,
+        inputs: Iterable[str] = (),
+        tables: Iterable[str] = (),
     ):
         """`keep_settlements=False` drops each settlement once it is counted and its batch
         logged: a file run may settle millions of batches and hold back millions of rows, an API
-        caller wants its few answered with their failing rows."""
+        caller wants its few answered with their failing rows.
+
+        `observers` hear the run start (as `job`, reading `inputs` into `tables`) once its row
+        is open, and end when it is finished."""
         self.settings = settings
         self.keep_settlements = keep_settlements
         self.conn = conn
@@ -141,6 +149,10 @@ class Run:
         self.started = time.perf_counter()
         self.summary = self.new_summary(label)
         open_run(conn, self.run_id, label, batch_size, self.policy)
+        self.observers = observers or Observers()
+        self.observed = self.observers.start(
+            job, self.run_id, inputs=list(inputs), tables=list(tables)
+        )
 
     def new_summary(self, label: str) -> RunSummary:
         return RunSummary(
@@ -208,6 +220,15 @@ class Run:
             data["error"] = reason_of(error)
         with suppress(psycopg.Error):
             close_run(self.conn, self.run_id, status, data)
+        self.observers.finished(
+            self.observed,
+            Finished(
+                ending_of(error),
+                describe(error) if error is not None else None,
+                self.seconds[Stage.ELAPSED],
+                summary=summary,
+            ),
+        )
         return summary
 
     def settled(self, table: Table, settlement: Settlement) -> None:

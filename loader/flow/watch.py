@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loader.db.connect import DatabaseUnavailable, connect, database_url
 from loader.db.schema import ensure_schemas
@@ -21,6 +21,7 @@ from loader.flow.errors import InputError, StorageUnavailable
 from loader.flow.file_run import plan_reads, run_files
 from loader.flow.source.exports import Export, Listing, list_exports
 from loader.flow.summary import RunSummary
+from loader.observe.events import Job, Observers
 from loader.settings import Settings
 
 BACKOFF_SECONDS = (1, 2, 5, 10, 30, 60)
@@ -36,6 +37,7 @@ class Watch:
     said: Callable[[str], None]
     ran: Callable[[RunSummary], None]
     stop: threading.Event
+    observers: Observers = field(default_factory=Observers)
 
     def __post_init__(self) -> None:
         self._last_listing: dict[str, tuple[int, str | None]] = {}
@@ -71,7 +73,14 @@ class Watch:
             reads, _ = plan_reads(conn, listing, skip_malformed=True, skip_partial=True)
         if not reads:
             return None
-        summary = run_files(self.settings, notify=self.said, listing=listing, skip_malformed=True)
+        summary = run_files(
+            self.settings,
+            notify=self.said,
+            listing=listing,
+            skip_malformed=True,
+            observers=self.observers,
+            job=Job.WATCH_RUN,
+        )
         self.ran(summary)
         return summary
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from psycopg import sql
 from loader.db.connect import LIBPQ_VARIABLES, connect, libpq_environment
 from loader.db.locks import marts_lock
 from loader.db.schema import ensure_schemas
+from loader.observe.events import Ending, Job, Observers, Started
 from loader.settings import PROJECT_DIR
 
 MARTS = ("hires_by_quarter", "departments_above_mean")
@@ -36,13 +38,31 @@ class MartsBuild:
     rows: dict[str, int] = field(default_factory=dict)
 
 
-def build_marts(url: str, state_dir: Path) -> MartsBuild:
+def build_marts(
+    url: str,
+    state_dir: Path,
+    observers: Observers | None = None,
+    parent: Started | None = None,
+) -> MartsBuild:
     """Run `dbt build` on the database at `url`; artefacts and logs go under `state_dir`.
+    `observers` hear the build start and end (`parent`: the run that asked for it), and find
+    dbt's manifest and run results in the `Finished` they are handed.
 
     Builds are serialised by the marts lock. Every mart is derived from one table built by one
     statement (`staging.int_hires_per_department_job`), so the marts show one state of core:
     everything committed before that statement began, which is recorded as their `as_of`.
     """
+    observers = observers or Observers()
+    build_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+    with observers.job(Job.MARTS_BUILD, build_id, parent=parent, tables=list(MARTS)) as (_, end):
+        build = _build_and_record(url, state_dir)
+        end.marts, end.dbt_target = build, state_dir / "dbt" / "target"
+        if not build.success:
+            end.ending, end.error = Ending.FAIL, "dbt build failed: " + "; ".join(build.failures)
+    return build
+
+
+def _build_and_record(url: str, state_dir: Path) -> MartsBuild:
     with connect(url, autocommit=True) as conn, marts_lock(conn):
         ensure_schemas(conn)
         started = datetime.now(UTC)

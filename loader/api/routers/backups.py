@@ -7,7 +7,6 @@ from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from backup.location import Location
-from backup.restore import restore_table
 from backup.store import BackupError
 from loader.api.deps import Administrator, KnownTable, ServicesDep
 from loader.api.schemas import AUTH, BackupMade, Restored, RestoredTable, RestoreRequest, errors
@@ -37,9 +36,8 @@ async def restore(
     body = body or RestoreRequest()
     location = _location(services)
     try:
-        stamp = (await run_in_threadpool(location.find, body.from_stamp)).stamp
         done = await run_in_threadpool(
-            restore_table, services.url, location.local, table.name, stamp, body.with_dependents
+            location.restore, services.url, table.name, body.from_stamp, body.with_dependents
         )
     except BackupError as error:
         raise HTTPException(409, str(error)) from None
@@ -51,4 +49,4 @@ async def restore(
 
 def _location(services) -> Location:
     settings = services.settings
-    return Location(settings.backups_at, settings.backups_staging)
+    return Location(settings.backups_at, settings.backups_staging, services.observers)

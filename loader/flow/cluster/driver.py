@@ -209,7 +209,8 @@ class LoadOnCluster:
     """`file_run`'s loading on Dask: a `ClusterRun` spread over the client's workers. The
     workers judge; the run's own in-process gate builds the data docs of their validations."""
 
-    def __init__(self, settings: Settings, conn, url: str, progress: Progress | None):
+    def __init__(self, settings: Settings, conn, url: str, progress: Progress | None, **observing):
+        """`observing`: the run's observers and what they are told (`pipeline.Run`)."""
         self.settings = settings
         self.run = ClusterRun(
             settings,
@@ -221,6 +222,7 @@ class LoadOnCluster:
             settings.batch_size,
             progress,
             keep_settlements=False,
+            **observing,
         )
 
     def load(self, reads: list[FileRead]) -> None:
