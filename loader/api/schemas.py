@@ -192,7 +192,14 @@ class Restored(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "database unreachable", "busy"]
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(
+        description="database, migrations, gate, marts: `ok`, or what is wrong"
+    )
 
 
 class RestoreRequest(BaseModel):

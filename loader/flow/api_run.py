@@ -95,6 +95,10 @@ class RequestSettler:
         self.last_answered, self.last_seconds, self.answered_at = 0, 0.0, 0.0
         self.thread = threading.Thread(target=self._settle_waiting, name="requests", daemon=True)
 
+    def gate_alive(self) -> bool:
+        """Whether the gate process is running (a dead one is replaced at the next request)."""
+        return self.gate.alive()
+
     def start(self) -> None:
         self.thread.start()
 

@@ -390,8 +390,10 @@ def test_the_api_shares_a_bounded_pool_and_answers_503_when_it_is_exhausted(serv
         busy = client.get("/runs/none", headers=auth(READ))
         assert busy.status_code == 503 and busy.headers["Retry-After"] == "2"
         assert busy.json()["detail"].startswith("the server is busy: no database connection")
-        health = client.get("/healthz")
-        assert health.status_code == 503 and health.json() == {"status": "busy"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["Retry-After"] == "5"
+        assert ready.json()["checks"]["database"] == "busy: no free connection"
+        assert client.get("/healthz").status_code == 200, "busy, but alive"
         blocker.rollback()
     holder.join()
     assert answers[0].status_code == 404

@@ -79,7 +79,7 @@ class ForkedGate:
         kill) is replaced by a new one first, so that a long-lived server does not fail every
         request after it: what the dead one was judging fails, the next work succeeds."""
         try:
-            if not self._alive():
+            if not self.alive():
                 raise BrokenProcessPool("the gate process died")
             return self._pool.submit(work, *arguments)
         except BrokenProcessPool:
@@ -90,7 +90,7 @@ class ForkedGate:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _alive(self) -> bool:
+    def alive(self) -> bool:
         """The child is still there: a gate killed between two requests is replaced before the
         next one rather than failing it, before the pool itself has noticed the death."""
         processes = getattr(self._pool, "_processes", None) or {}

@@ -52,5 +52,8 @@ class RenumberingGate:
     def build_docs(self) -> Path:
         return self.gate.build_docs()
 
+    def alive(self) -> bool:
+        return self.gate.alive()
+
     def close(self) -> None:
         self.gate.close()
