@@ -101,11 +101,12 @@ class Observer:
 
 
 class Observers:
-    """The hub: every event to every observer, each observer's failure one warning."""
+    """The hub: every event to every observer; an observer's failure is one warning line."""
 
     def __init__(self, observers: list[Observer] | None = None):
         self.observers = list(observers or [])
         self._lock = threading.Lock()
+        self._failing: set[str] = set()  # observers whose last call failed
 
     def add(self, observer: Observer) -> None:
         self.observers.append(observer)
@@ -141,14 +142,28 @@ class Observers:
         self._each("close")
 
     def _each(self, method: str, *args: Any) -> None:
+        """Call `method` of every observer. An observer's failure is said once, until a call to
+        it succeeds again: an endpoint down for a day is one warning, not one per event."""
         with self._lock:  # settle lines and the API's threads finish runs concurrently
             for observer in self.observers:
                 try:
                     getattr(observer, method)(*args)
                 except Exception as error:  # noqa: BLE001 - watching never fails the work
-                    log.warning(
-                        "%s: %s", observer.name, describe(error), extra={"event": "observer.failed"}
+                    level = logging.DEBUG if observer.name in self._failing else logging.WARNING
+                    self._failing.add(observer.name)
+                    log.log(
+                        level,
+                        "%s: %s",
+                        observer.name,
+                        describe(error),
+                        extra={"event": "observer.failed"},
                     )
+                else:
+                    if observer.name in self._failing:
+                        self._failing.discard(observer.name)
+                        log.info(
+                            "%s: working again", observer.name, extra={"event": "observer.back"}
+                        )
 
 
 def ending_of(error: BaseException | None) -> Ending:
@@ -161,8 +176,5 @@ def ending_of(error: BaseException | None) -> Ending:
 
 def describe(error: BaseException) -> str:
     """An error in one line: its type's name and its message."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return f"{type(error).__name__}: {text}"[:500]
-
-
-NOBODY = Observers()  # the hub of a caller that set none up: every event goes nowhere
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:500] if text else type(error).__name__
