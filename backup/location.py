@@ -47,12 +47,17 @@ class Location:
     def shown(self) -> str:
         return shown_url(self.where) if is_url(self.where) else str(self.local)
 
+    def _shown_backup(self, stamp: str | None) -> str:
+        """The backup `stamp` as shown (None: the folder or URL of them all)."""
+        return self.shown if stamp is None else f"{self.shown.rstrip('/')}/{stamp}"
+
     def create(self, database: str, tables: list[Table] | None = None) -> BackupInfo:
         """A new backup; for a URL, uploaded (the manifest last) and its staging copy kept as
         the cache of that backup."""
         stamp = new_stamp()
         names = [table.name for table in tables or TABLES]
-        with self.observers.job(Job.BACKUP, stamp, tables=names) as (_, finished):
+        target = [self._shown_backup(stamp)]
+        with self.observers.job(Job.BACKUP, stamp, tables=names, outputs=target) as (_, finished):
             made = create_backup(database, self.local, tables, stamp)
             if is_url(self.where):
                 self._upload(made.path)
@@ -64,18 +69,23 @@ class Location:
     ) -> list[Restored]:
         """Restore `table` from the backup `stamp` (None: the latest), see
         `restore.restore_table`."""
-        with self.observers.job(Job.RESTORE, stamp or "latest", tables=[table]) as (job, end):
+        read = [self._shown_backup(stamp)]
+        with self.observers.job(Job.RESTORE, stamp or "latest", tables=[table], inputs=read) as (
+            job,
+            end,
+        ):
             chosen = self.find(stamp).stamp
-            job.run_id = chosen
+            job.run_id, job.inputs = chosen, [self._shown_backup(chosen)]
             end.restored = restore_table(database, self.local, table, chosen, with_dependents)
         return end.restored
 
     def verify(self, stamp: str | None) -> tuple[BackupInfo, dict[str, int]]:
         """The backup `stamp` (None: the latest) and its rows per table, once every file is
         checked against the manifest (`store.verify_backup`)."""
-        with self.observers.job(Job.VERIFY, stamp or "latest") as (job, finished):
+        read = [self._shown_backup(stamp)]
+        with self.observers.job(Job.VERIFY, stamp or "latest", inputs=read) as (job, finished):
             backup = self.find(stamp)
-            job.run_id = backup.stamp
+            job.run_id, job.inputs = backup.stamp, [self._shown_backup(backup.stamp)]
             finished.backup, finished.verified = backup, verify_backup(backup)
         return backup, finished.verified
 

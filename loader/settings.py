@@ -189,6 +189,13 @@ class Settings(BaseSettings):
         description="How long a push to the Pushgateway may take before it is given up (one "
         "warning; the run's outcome is unchanged).",
     )
+    lineage_timeout_seconds: float = Field(
+        default=5,
+        gt=0,
+        alias="LOADER_LINEAGE_TIMEOUT_SECONDS",
+        description="How long sending one OpenLineage event may take before it is given up, "
+        "with the rest of its run's events (one warning; the run's outcome is unchanged).",
+    )
     marts_max_age_seconds: float = Field(
         default=900,
         gt=0,

@@ -53,14 +53,16 @@ class Started:
     """A job that started: its id in the loader (run id, backup stamp), a UUID for lineage,
     the job that triggered it (a marts build's load), and what it reads.
 
-    `inputs` are the URLs or paths of the exports a run reads (as shown: secrets hidden).
-    `tables` are the loader's tables it touches.
+    `inputs` are the URLs or paths of the exports a run reads, or of the backup a restore or
+    verify reads; `outputs` those a job writes outside the database (a backup's folder); both
+    as shown: secrets hidden. `tables` are the loader's tables it touches.
     """
 
     job: Job
     run_id: str
     inputs: list[str] = field(default_factory=list)
     tables: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
     parent: Started | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
