@@ -38,9 +38,12 @@ ROUTERS = (
 log = logging.getLogger("loader.api")
 
 
-def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
-    """The application for the database at `url` (tokens from the settings)."""
-    services = Services.create(settings, url, insecure)
+def create_app(
+    settings: Settings, url: str, insecure: bool = False, host: str = "127.0.0.1"
+) -> FastAPI:
+    """The application for the database at `url` (tokens from the settings), listening on
+    `host` (and with a metrics port, serving /metrics there)."""
+    services = Services.create(settings, url, insecure, host)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -66,6 +69,8 @@ def create_app(settings: Settings, url: str, insecure: bool = False) -> FastAPI:
     _handle_errors(app)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(Deadline, seconds=settings.api_request_seconds)
+    if services.metrics is not None:  # added last: outermost, it sees the limits' answers
+        services.metrics.instrument(app, services)
     return app
 
 

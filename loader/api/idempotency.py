@@ -14,6 +14,7 @@ answer. Its methods block on the database: call them off the event loop.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -67,6 +68,8 @@ class Claim:
 class IdempotencyKeys:
     def __init__(self, pool: DatabasePool):
         self.pool = pool
+        self.replays = 0  # claims answered with a stored answer (the metrics read it)
+        self._counting = threading.Lock()
 
     def claim(self, key: str, body_sha256: str, take_unsettled: bool = True) -> Claim:
         """Claim `key` for a request whose body has this digest; KeyContended if it was
@@ -92,7 +95,11 @@ class IdempotencyKeys:
                     (key,),
                 ).fetchone()
             if found is not None:
-                return _claim_of(found, body_sha256)
+                claim = _claim_of(found, body_sha256)
+                if claim.state is KeyState.ANSWERED:
+                    with self._counting:
+                        self.replays += 1
+                return claim
         raise KeyContended(
             f"the Idempotency-Key {key!r} was released by other requests under each of "
             f"{CLAIM_ATTEMPTS} claims; send the request again"

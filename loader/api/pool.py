@@ -58,6 +58,12 @@ class DatabasePool:
     def close(self) -> None:
         self.pool.close()
 
+    def usage(self) -> tuple[int, int]:
+        """Connections lent out now, and requests waiting for one (the metrics read it)."""
+        with self._counting:
+            in_use = self._in_use
+        return in_use, self.pool.get_stats().get("requests_waiting", 0)
+
     @contextmanager
     def connection(self, overflow: bool = False) -> Iterator[psycopg.Connection]:
         """A pooled autocommit connection; PoolExhausted when all are busy, DatabaseUnavailable

@@ -26,12 +26,14 @@ from loader.db.connect import libpq_environment
 log = logging.getLogger("loader.api")
 QUIET_SECONDS = 2.0
 STALE_SECONDS = 30.0
+# The server's own metrics count its refreshes: the child neither pushes nor writes its own.
+NOT_FOR_THE_CHILD = ("LOADER_PUSHGATEWAY_URL", "LOADER_METRICS_FILE")
 
 
 class MartsRefresher:
     """`clock` (seconds, monotonic) and `wait` (block up to that many seconds, or until `stop`)
     are the thread's sense of time: a test gives its own to run the debounce on a clock it
-    turns."""
+    turns. `built` hears each build's seconds and success (the metrics)."""
 
     def __init__(
         self,
@@ -40,10 +42,12 @@ class MartsRefresher:
         after_build: Callable[[], object] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         wait: Callable[[float], object] | None = None,
+        built: Callable[[float, bool], object] = lambda seconds, success: None,
     ):
         self.url = url
         self.environment = environment
         self.after_build = after_build
+        self.built = built
         self.clock = clock
         self.wanted = threading.Event()
         self.stopping = threading.Event()
@@ -94,13 +98,15 @@ class MartsRefresher:
         return due - self.clock()
 
     def _build(self) -> None:
+        inherited = {k: v for k, v in os.environ.items() if k not in NOT_FOR_THE_CHILD}
+        started = time.monotonic()
         result = subprocess.run(
             [sys.executable, "-m", "loader", "marts"],
             capture_output=True,
             text=True,
             check=False,
             env={
-                **os.environ,
+                **inherited,
                 **self.environment,
                 "DATABASE_URL": self.url,
                 **libpq_environment(self.url),
@@ -108,6 +114,10 @@ class MartsRefresher:
         )
         if result.returncode != 0:
             log.error("marts refresh failed: %s", result.stderr.strip()[-500:])
+        try:
+            self.built(time.monotonic() - started, result.returncode == 0)
+        except Exception as error:  # noqa: BLE001 - metrics must not stop the refresher
+            log.error("marts refresh not counted: %s", error)
         try:
             self.after_build()
         except Exception as error:  # noqa: BLE001 - docs must not stop the refresher

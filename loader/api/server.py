@@ -24,9 +24,11 @@ def serve(settings: Settings, host: str, port: int, insecure: bool) -> int:
     from loader.api.app import create_app
 
     url = database_url(settings)
-    app = create_app(settings, url, insecure=insecure and not tokens)
+    app = create_app(settings, url, insecure=insecure and not tokens, host=host)
     if insecure and not tokens:
         err.print("warning: --insecure-dev: every endpoint is open to anyone who can connect")
     err.print(f"serving {redact(url)} on http://{host}:{port} (OpenAPI at /docs)")
+    if settings.metrics_port is not None:
+        err.print(f"metrics at http://{host}:{settings.metrics_port}/metrics (read token)")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
     return 0

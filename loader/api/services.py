@@ -16,6 +16,7 @@ from loader.observe.events import Observers
 from loader.settings import Settings
 
 if TYPE_CHECKING:  # the settler brings GX and dlt: imported when a server is made, not before
+    from loader.api.metrics import ApiMetrics
     from loader.api.settlements import SettlementThreads
     from loader.flow.api_run import RequestSettler
 
@@ -41,13 +42,18 @@ class Services:
     idempotency: IdempotencyKeys
     refresher: MartsRefresher
     observers: Observers
+    metrics: ApiMetrics | None = None  # with a metrics port: /metrics served from start to stop
 
     @classmethod
-    def create(cls, settings: Settings, url: str, insecure: bool = False) -> Services:
-        """Everything for the database at `url`; the settler forks its gate process here, before
-        the server starts any thread."""
+    def create(
+        cls, settings: Settings, url: str, insecure: bool = False, host: str = "127.0.0.1"
+    ) -> Services:
+        """Everything for the database at `url` (`host`: the interface the server listens
+        on, its metrics port's too); the settler forks its gate process here, before the
+        server starts any thread."""
         from loader.api.settlements import SettlementThreads
         from loader.flow.api_run import RequestSettler
+        from loader.observe.metrics import MetricsObserver
         from loader.observe.setup import Process, observers_for
 
         access = Access(
@@ -57,11 +63,18 @@ class Services:
         )
         pool = DatabasePool(url, settings)
         observers = observers_for(settings, Process.SERVE)
+        observer = MetricsObserver.in_hub(observers)
+        metrics = None
+        if observer is not None:
+            from loader.api.metrics import ApiMetrics
+
+            metrics = ApiMetrics(observer, host, settings.metrics_port)
         settler = RequestSettler(settings, url, observers)
         refresher = MartsRefresher(
             url,
             {"LOADER_STATE_DIR": str(settings.state_path)},
             after_build=settler.build_docs,
+            built=metrics.marts_refreshed if metrics else lambda seconds, success: None,
         )
         return cls(
             settings,
@@ -73,12 +86,15 @@ class Services:
             IdempotencyKeys(pool),
             refresher,
             observers,
+            metrics,
         )
 
     def start(self) -> None:
         self.pool.open()
         self.settler.start()
         self.refresher.start()
+        if self.metrics is not None:
+            self.metrics.start(self.access)
 
     def stop(self) -> None:
         """Blocks until settlements still running (a 504 does not stop them) have finished and
@@ -86,5 +102,7 @@ class Services:
         self.settlements.shutdown()
         self.settler.stop()
         self.refresher.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.pool.close()
         self.observers.close()

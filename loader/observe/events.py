@@ -29,7 +29,7 @@ log = logging.getLogger("loader.observe")
 
 
 class Job(StrEnum):
-    """What ran: OpenLineage's job names and the metrics' `job` label are these values."""
+    """What ran: OpenLineage's job names and the metrics' `loader_job` label are these values."""
 
     FILE_RUN = "file_run"
     WATCH_RUN = "watch_run"

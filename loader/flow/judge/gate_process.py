@@ -47,6 +47,7 @@ class ForkedGate:
     def __init__(self, context_dir: Path, state_dir: Path):
         self._places = (context_dir, state_dir)
         self._pool = self._start()
+        self.restarts = 0  # dead gate processes replaced (a server's metrics read it)
 
     def submit(
         self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
@@ -85,6 +86,7 @@ class ForkedGate:
         except BrokenProcessPool:
             self._pool.shutdown(wait=False)
             self._pool = self._start()
+            self.restarts += 1
             return self._pool.submit(work, *arguments)
 
     def close(self) -> None:
