@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import uvicorn
-from rich.console import Console
 
 from loader.api.tokens import parse_tokens
 from loader.db.connect import database_url, redact
 from loader.settings import Settings
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-
-def serve(settings: Settings, host: str, port: int, insecure: bool) -> int:
-    """Refuse to start without tokens unless `insecure`; returns the exit code."""
+def serve(
+    settings: Settings, host: str, port: int, insecure: bool, say: Callable[[str], None]
+) -> int:
+    """Refuse to start without tokens unless `insecure`; returns the exit code. `say` prints
+    a line for the operator (the CLI's stderr, JSON lines under `--log-format json`)."""
     tokens = parse_tokens(settings.api_tokens)
     if not tokens and not insecure:
-        err.print(
+        say(
             "error: no API tokens: set LOADER_API_TOKENS (e.g. read:...,write:...,"
             "admin:...) or start with --insecure-dev for an open development server"
         )
@@ -26,9 +28,12 @@ def serve(settings: Settings, host: str, port: int, insecure: bool) -> int:
     url = database_url(settings)
     app = create_app(settings, url, insecure=insecure and not tokens, host=host)
     if insecure and not tokens:
-        err.print("warning: --insecure-dev: every endpoint is open to anyone who can connect")
-    err.print(f"serving {redact(url)} on http://{host}:{port} (OpenAPI at /docs)")
+        say("warning: --insecure-dev: every endpoint is open to anyone who can connect")
+    say(f"serving {redact(url)} on http://{host}:{port} (OpenAPI at /docs)")
     if settings.metrics_port is not None:
-        err.print(f"metrics at http://{host}:{settings.metrics_port}/metrics (read token)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
+        say(f"metrics at http://{host}:{settings.metrics_port}/metrics (read token)")
+    # log_config=None: uvicorn keeps the handlers `--log-format` gave its loggers.
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning", log_config=None, timeout_keep_alive=5
+    )
     return 0

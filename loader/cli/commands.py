@@ -242,7 +242,13 @@ def command_marts(args: argparse.Namespace) -> int:
 def command_serve(args: argparse.Namespace) -> int:
     from loader.api.server import serve
 
-    return serve(settings_from(args), args.host, args.port, args.insecure_dev)
+    return serve(
+        settings_from(args),
+        args.host,
+        args.port,
+        args.insecure_dev,
+        say=lambda text: err.print(text, markup=False),
+    )
 
 
 def command_report(args: argparse.Namespace) -> int:

@@ -9,14 +9,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 
+import httpx
 import psycopg
 import pytest
 
 from loader.cli import ExitCode
 from loader.sample import write_sample
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.database
 
@@ -142,3 +144,37 @@ def test_watch_logs_each_run_and_its_stop_as_json(env):
     (finished,) = events(lines, "watch_run.finished")
     assert finished["rows_promoted"] > 0 and finished["files_read"] == 3
     assert any("stopping after the current run" in line["message"] for line in lines)
+
+
+def test_the_server_logs_json_lines_from_start_to_stop(env, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "loader", "serve", "--port", str(port), "--log-format", "json"],
+        env={**os.environ, **env, "LOADER_API_TOKENS": "write:w-token"},
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = json.loads(server.stderr.readline())  # said once the settings are checked
+        assert first["message"].startswith("serving ") and first["level"] == "info"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # uvicorn listens a moment after that line
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/tables/departments/batches",
+            json=[{"id": 1, "department": "Supply Chain"}],
+            headers={"Authorization": "Bearer w-token"},
+            timeout=120,
+        )
+        assert answer.status_code == 201, answer.text
+    finally:
+        server.terminate()
+        _, rest = server.communicate(timeout=60)
+    lines = [first, *json_lines(rest)]
+    (finished,) = events(lines, "api_run.finished")
+    assert finished["rows_promoted"] == 1 and finished["status"] == "complete"
