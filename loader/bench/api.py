@@ -4,6 +4,9 @@
 The server starts before the clock does; the clock stops at the last answer. Every answer must
 be 2xx (201 promoted, 200 judged and held back), else the step fails. The peak memory is the
 server's: it is the process doing the work.
+
+`api_latency_p95` sends the same bodies one at a time, each waiting for the last answer, and
+reports the 95th percentile of their latencies: what a client posting a 1000-row batch waits.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -69,8 +73,17 @@ def start_server(url: str, state: Path, token: str, log: Path) -> tuple[subproce
     raise RuntimeError(f"the API server did not start: {' | '.join(tail)}")
 
 
+def percentile_95(values: list[float]) -> float:
+    """The 95th percentile (inclusive method: within the values seen; one value is itself)."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=20, method="inclusive")[18]
+
+
 def send_batches(job: dict) -> Work:
-    """Prepare: start the server on job["url"]; the work: post every body, CLIENTS at a time."""
+    """Prepare: start the server on job["url"]; the work: post every body, CLIENTS at a time
+    (or, with job["one_at_a_time"], one after another: the work's figure is then the 95th
+    percentile of the answers' latencies)."""
     bodies = request_bodies(Path(job["csv_file"]), job["rows_per_request"])
     token = secrets.token_urlsafe(16)
     state = Path(job["state_dir"])
@@ -82,15 +95,21 @@ def send_batches(job: dict) -> Work:
         headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
     )
 
-    def post(body: bytes) -> int:
-        return client.post("/tables/hired_employees/batches", content=body).status_code
+    latencies: list[float] = []
 
-    def run() -> None:
-        with ThreadPoolExecutor(CLIENTS) as pool:
+    def post(body: bytes) -> int:
+        started = time.perf_counter()
+        status = client.post("/tables/hired_employees/batches", content=body).status_code
+        latencies.append(time.perf_counter() - started)
+        return status
+
+    def run() -> float | None:
+        with ThreadPoolExecutor(1 if job.get("one_at_a_time") else CLIENTS) as pool:
             statuses = list(pool.map(post, bodies))
         refused = sorted({code for code in statuses if not 200 <= code < 300})
         if refused:
             raise RuntimeError(f"the API answered {refused} to some of {len(bodies)} batches")
+        return percentile_95(latencies) if job.get("one_at_a_time") else None
 
     def finish() -> None:
         client.close()

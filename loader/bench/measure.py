@@ -3,7 +3,8 @@ resident memory of the process that did it.
 
 A step is a function `prepare(job) -> Work` named "module:function". The child process imports
 it and calls it (imports, servers starting, untimed), then times `Work.run()` alone and calls
-`Work.finish()` (untimed). The peak is the high-water mark of resident memory (VmHWM) of the
+`Work.finish()` (untimed); a step whose figure is not its own wall time (a latency percentile)
+returns that figure from `run`. The peak is the high-water mark of resident memory (VmHWM) of the
 step's own process, or, when the step's Python only drives programs (psql, pg_dump, the API
 server), the highest of theirs, read from /proc while they run, or, when its work is spread
 over processes it starts (a Dask LocalCluster's workers), its own plus each of theirs: at most
@@ -12,6 +13,13 @@ Linux carries a parent's peak into a child's `ru_maxrss` across fork and exec, s
 started from a 300 MB Python would report 300 MB. A fresh interpreter per step keeps one step's
 imports and memory out of the next one's peak. PostgreSQL's own processes are not counted for
 any step.
+
+`peak_pss_mb` is what the machine holds for the step at once: the highest sum, over the step's
+processes alive at one moment (its own, unless it only drives programs, and every process it
+started, theirs included: a run's gate and pre-scan, a server's), of their proportional set
+size, read from /proc/<pid>/smaps_rollup every PSS_WATCH_SECONDS. Pss shares each page among
+the processes that map it, so a forked child's untouched pages are not counted twice, as an RSS
+sum would count them.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ TREE = "tree"  # the step's process and those it starts (a LocalCluster's worker
 TAIL_LINES = 5
 WATCH_SECONDS = 0.005
 TREE_WATCH_SECONDS = 0.1  # workers live for the whole run: a look now and then is enough
+PSS_WATCH_SECONDS = 0.05
 program_peaks: list[float] = []  # MB, one per program this process ran (one step per process)
 
 
@@ -47,7 +56,7 @@ class StepFailed(RuntimeError):
 class Work:
     """What a prepared step does when timed, and how it cleans up after the clock stops."""
 
-    run: Callable[[], None]
+    run: Callable[[], float | None]
     peak_of: str = PROCESS
     finish: Callable[[], None] = lambda: None
 
@@ -56,6 +65,7 @@ class Work:
 class Measurement:
     seconds: float
     peak_rss_mb: float
+    peak_pss_mb: float | None = None  # None where /proc has no smaps_rollup
 
 
 def measure(step: str, job: dict) -> Measurement:
@@ -184,6 +194,53 @@ def watch_descendants(peaks: dict[int, float], stop: threading.Event) -> None:
                 peaks[process.pid] = peak
 
 
+def pss_mb(pid: int) -> float | None:
+    """A process's proportional set size in MB, or None when it is gone (or /proc lacks it)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+def watch_pss(include_self: bool, peak: list[float], stop: threading.Event) -> None:
+    """Keep in `peak[0]` the highest Pss sum of this process (if `include_self`) and all its
+    descendants alive at one moment."""
+    import psutil  # distributed's own dependency
+
+    this = psutil.Process()
+    while True:
+        try:
+            pids = [process.pid for process in this.children(recursive=True)]
+        except psutil.Error:
+            pids = []
+        if include_self:
+            pids.append(this.pid)
+        sizes = [size for size in map(pss_mb, pids) if size is not None]
+        if sizes:
+            peak[0] = max(peak[0], sum(sizes))
+        if stop.wait(PSS_WATCH_SECONDS):
+            return
+
+
+@contextmanager
+def pss_watched(include_self: bool) -> Iterator[list[float]]:
+    """The peak Pss sum of the step's processes while inside, in the list yielded (0 if none
+    could be read)."""
+    peak = [0.0]
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_pss, args=(include_self, peak, stop), daemon=True)
+    watcher.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        watcher.join()
+
+
 def peak_rss_mb(peak_of: str) -> float:
     if peak_of == PROGRAMS:
         return max(program_peaks, default=0.0)
@@ -197,13 +254,18 @@ def main(step: str, job_file: str, result_file: str) -> None:
     module, function = step.split(":")
     prepare = getattr(importlib.import_module(module), function)
     work = prepare(json.loads(Path(job_file).read_text()))
-    started = time.perf_counter()
-    try:
-        work.run()
-        seconds = time.perf_counter() - started
-    finally:
-        work.finish()
-    result = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(work.peak_of)}
+    with pss_watched(include_self=work.peak_of != PROGRAMS) as pss:
+        started = time.perf_counter()
+        try:
+            figure = work.run()
+            seconds = time.perf_counter() - started if figure is None else figure
+        finally:
+            work.finish()
+    result = {
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(work.peak_of),
+        "peak_pss_mb": pss[0] or None,
+    }
     Path(result_file).write_text(json.dumps(result))
 
 

@@ -15,12 +15,12 @@ from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES, JOBS
 
 
 def load_files(job: dict) -> Work:
-    """`python -m loader run --skip-marts [--workers N]` on job["input_dir"], into a fresh
-    database: in this process, or with job["workers"] on a LocalCluster of that many
+    """`python -m loader run --skip-marts [--workers N] [--policy P]` on job["input_dir"], into
+    a fresh database: in this process, or with job["workers"] on a LocalCluster of that many
     single-threaded processes, started and closed inside the timed work as `run` does; their
     peaks then count in the step's (TREE)."""
     from loader.flow.file_run import run_files
-    from loader.settings import Settings
+    from loader.settings import Policy, Settings
 
     # Given, not read from the environment: LOADER_WORKERS there would put the in-process run
     # on a cluster, and LOADER_SCHEDULER would refuse the LocalCluster's.
@@ -30,6 +30,7 @@ def load_files(job: dict) -> Work:
         state_dir=Path(job["state_dir"]),
         input_dir=Path(job["input_dir"]),
         batch_size=job["batch_size"],
+        policy=job.get("policy", Policy.REJECT_BATCH),
         build_marts=False,
         workers=workers,
         scheduler=None,
@@ -64,7 +65,10 @@ def backup(job: dict) -> Work:
     """`python -m backup create` of core.hired_employees (and its ledger) into job["folder"]."""
     from backup.store import create_backup
 
-    return Work(lambda: create_backup(job["url"], Path(job["folder"]), [HIRED_EMPLOYEES]))
+    def run() -> None:
+        create_backup(job["url"], Path(job["folder"]), [HIRED_EMPLOYEES])
+
+    return Work(run)
 
 
 def restore(job: dict) -> Work:

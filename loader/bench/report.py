@@ -5,7 +5,8 @@ A ratio is taken as the issue's targets are stated: a step's seconds over its re
 seconds (lower is better; per row, should their rows differ), except for `api`, whose ratio is
 its rows/s over `loader_same_rows`' rows/s (higher is better). A reference's own ratio is 1,
 unless it has a reference of its own: `loader` is measured against `reference`, and is the one
-`loader_workers_N` is measured against.
+`loader_workers_N` is measured against. Steps whose target is a number of seconds rather than
+a ratio (`api_latency_p95`, `watch_latency`, `cli_help`) have no ratio.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ NAMES = (
     "reference",
     "pgloader",
     "loader",
+    "loader_quarantine",
+    "loader_wall",
     "loader_rerun",
+    "loader_rerun_wall",
     LOADER_WORKERS,
     "dbt",
     "backup",
@@ -39,14 +43,22 @@ NAMES = (
     "pg_restore",
     "api",
     "loader_same_rows",
+    "api_latency_p95",
+    "watch_latency",
+    "cli_help",
 )
 # A step → (its reference, how the ratio is taken). dbt has none: PostgreSQL has no tool of its
 # own that builds the marts.
 REFERENCE_OF = {
     "pgloader": ("reference", SECONDS),
     "loader": ("reference", SECONDS),
+    # The other policy: failing rows held back, the rest of their batches promoted.
+    "loader_quarantine": ("reference", SECONDS),
+    # `python -m loader run` as a user starts it: interpreter, imports and all.
+    "loader_wall": ("reference", SECONDS),
     # The same input again on the same database: the file ledger skips every file unread.
     "loader_rerun": ("loader", SECONDS),
+    "loader_rerun_wall": ("loader_wall", SECONDS),
     LOADER_WORKERS: ("loader", SECONDS),
     "backup": ("pg_dump", SECONDS),
     "restore": ("pg_restore", SECONDS),
@@ -57,13 +69,14 @@ REFERENCES = {reference for reference, _ in REFERENCE_OF.values()}
 
 @dataclass
 class Result:
-    """One step: the rows it handled, its median seconds and its highest peak over the rounds;
+    """One step: the rows it handled, its median seconds and its highest peaks over the rounds;
     seconds None when it was skipped (`note` says why)."""
 
     name: str
     rows: int
     seconds: float | None = None
     peak_rss_mb: float | None = None
+    peak_pss_mb: float | None = None
     rounds: int = 0
     note: str = ""
     ratio: float | None = None
@@ -81,6 +94,7 @@ def summarise(name: str, rows: int, measurements: list[Measurement], note: str =
         rows,
         statistics.median(m.seconds for m in measurements),
         max(m.peak_rss_mb for m in measurements),
+        max((m.peak_pss_mb for m in measurements if m.peak_pss_mb is not None), default=None),
         len(measurements),
         note,
     )
@@ -119,6 +133,7 @@ def as_json(rows: int, results: list[Result]) -> dict:
                 "seconds": rounded(result.seconds, 6),  # tiny steps: ratios stay exact
                 "rows_per_s": rounded(result.rows_per_s, 1),
                 "peak_rss_mb": rounded(result.peak_rss_mb, 1),
+                "peak_pss_mb": rounded(result.peak_pss_mb, 1),
                 # Four significant digits: a re-run that reads nothing is a fraction of a percent.
                 "ratio_to_reference": None
                 if result.ratio is None
@@ -142,18 +157,29 @@ def against(result: Result) -> str:
 
 def render(console: Console, title: str, results: list[Result]) -> None:
     grid = RichTable(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for header in ("step", "rows", "seconds", "rows/s", "peak RSS MB", "ratio", "against"):
+    headers = (
+        "step",
+        "rows",
+        "seconds",
+        "rows/s",
+        "peak RSS MB",
+        "peak Pss MB",
+        "ratio",
+        "against",
+    )
+    for header in headers:
         grid.add_column(header, justify="left" if header in ("step", "against") else "right")
     for result in results:
         if result.seconds is None:
-            grid.add_row(result.name, f"{result.rows:,}", "skipped", "", "", "", result.note)
+            grid.add_row(result.name, f"{result.rows:,}", "skipped", "", "", "", "", result.note)
             continue
         grid.add_row(
             result.name,
             f"{result.rows:,}",
             f"{result.seconds:.2f}",
-            f"{result.rows_per_s:,.0f}",
+            f"{result.rows_per_s:,.0f}" if result.rows_per_s else "",
             f"{result.peak_rss_mb:,.0f}",
+            "" if result.peak_pss_mb is None else f"{result.peak_pss_mb:,.0f}",
             "" if result.ratio is None else f"{result.ratio:.2f}",
             against(result),
         )

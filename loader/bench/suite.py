@@ -4,7 +4,8 @@ round's databases and files dropped before the next round begins.
 The rows come from the project's generator (`loader.sample.write_sample`, seed 7): N
 hired_employees lines with its 2% of broken ones, and the departments and jobs they refer to.
 The API sends the first lines of the same file, up to 20 requests of 1000 rows; the loader
-loads those same lines from a file of their own (`loader_same_rows`).
+loads those same lines from a file of their own (`loader_same_rows`). `watch_latency` uploads
+the first 1000 lines as an export of their own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loader.bench import arrival
 from loader.bench.api import CLIENTS
 from loader.bench.measure import Measurement, measure
 from loader.bench.paths import core_rows, prepare_restore_target
@@ -24,12 +26,13 @@ from loader.bench.report import LOADER_WORKERS, NAMES, WORKERS, Result, summaris
 from loader.bench.scratch import Scratch, refuse_beside_data
 from loader.db.connect import database_url
 from loader.sample import write_sample
-from loader.settings import MAX_BATCH_SIZE, Settings
+from loader.settings import MAX_BATCH_SIZE, Policy, Settings
 
 SEED = 7
 MAX_REQUESTS = 20
 PARENTS = ("departments.csv", "jobs.csv")
 HIRED = "hired_employees.csv"
+ARRIVAL = "hired_employees_arrival.csv"
 
 
 @dataclass(frozen=True)
@@ -60,17 +63,24 @@ class Plan:
 
 @dataclass(frozen=True)
 class Inputs:
-    """The files every round reads: the sample, its COPY-able copy, the parents alone, and the
-    API's lines as a file of their own."""
+    """The files every round reads: the sample, its COPY-able copy, the parents alone, the
+    API's lines as a file of their own, and the export that arrives in a watched bucket."""
 
     sample: Path
     clean_file: Path
     parents: Path
     same_rows: Path
+    arrival: Path
 
 
 def write_inputs(folder: Path, plan: Plan) -> Inputs:
-    inputs = Inputs(folder / "sample", folder / "clean.csv", folder / "parents", folder / "same")
+    inputs = Inputs(
+        folder / "sample",
+        folder / "clean.csv",
+        folder / "parents",
+        folder / "same",
+        folder / ARRIVAL,
+    )
     write_sample(inputs.sample, plan.rows, SEED)
     clean_copy(inputs.sample / HIRED, inputs.clean_file)
     for target in (inputs.parents, inputs.same_rows):
@@ -81,6 +91,7 @@ def write_inputs(folder: Path, plan: Plan) -> Inputs:
     with (inputs.sample / HIRED).open("rb") as lines:
         first = [line for _, line in zip(range(plan.api_rows), lines, strict=False)]
     (inputs.same_rows / HIRED).write_bytes(b"".join(first))
+    inputs.arrival.write_bytes(b"".join(first[:MAX_BATCH_SIZE]))
     return inputs
 
 
@@ -99,6 +110,9 @@ class Bench:
         self.rows = {name: plan.rows for name in NAMES}
         for name in ("api", "loader_same_rows"):
             self.rows[name] = plan.api_rows
+        self.rows["api_latency_p95"] = plan.rows_per_request
+        self.rows["watch_latency"] = min(plan.rows, MAX_BATCH_SIZE)
+        self.rows["cli_help"] = 0
         self.round = 0
         self.pgloader = shutil.which("pgloader")
 
@@ -119,6 +133,8 @@ class Bench:
             self.load_and_copy(folder)
             self.on_workers(folder)
             self.api(folder)
+            self.watch(folder)
+            self.step("cli_help", "loader.bench.wall:loader_command", arguments=["--help"])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -147,7 +163,12 @@ class Bench:
             self.scratch.drop(url)
 
     def load_files(
-        self, name: str, folder: Path, input_dir: Path, workers: int | None = None
+        self,
+        name: str,
+        folder: Path,
+        input_dir: Path,
+        workers: int | None = None,
+        policy: Policy = Policy.REJECT_BATCH,
     ) -> str:
         """A fresh database loaded from `input_dir` by a file run without dbt, in the step's
         process or on a LocalCluster of `workers` processes; its URL."""
@@ -160,12 +181,41 @@ class Bench:
             input_dir=str(input_dir),
             batch_size=self.plan.batch_size,
             workers=workers,
+            policy=policy,
         )
         return url
 
+    def load_as_a_user(self, folder: Path) -> None:
+        """loader_wall: `python -m loader run --skip-marts` as a process, into a fresh database;
+        loader_rerun_wall: the same command again (every file known to the file ledger)."""
+        url = self.scratch.create(f"loader_wall_{self.round}")
+        for name in ("loader_wall", "loader_rerun_wall"):
+            self.step(
+                name,
+                "loader.bench.wall:loader_command",
+                url=url,
+                state_dir=str(folder / "state-loader-wall"),
+                arguments=[
+                    "run",
+                    "--input",
+                    str(self.inputs.sample),
+                    "--batch-size",
+                    str(self.plan.batch_size),
+                    "--skip-marts",
+                ],
+            )
+        self.scratch.drop(url)
+
     def load_and_copy(self, folder: Path) -> None:
-        """loader, then on its database: loader_rerun (the same input again), dbt, backup and
+        """loader, loader_quarantine (the other policy) and the loader as a user starts it;
+        then on loader's database: loader_rerun (the same input again), dbt, backup and
         pg_dump, restore and pg_restore."""
+        self.scratch.drop(
+            self.load_files(
+                "loader_quarantine", folder, self.inputs.sample, policy=Policy.QUARANTINE_ROWS
+            )
+        )
+        self.load_as_a_user(folder)
         url = self.load_files("loader", folder, self.inputs.sample)
         self.step(
             "loader_rerun",
@@ -197,11 +247,10 @@ class Bench:
         starts (its start inside the clock, as a user waits for it)."""
         self.scratch.drop(self.load_files(LOADER_WORKERS, folder, self.inputs.sample, WORKERS))
 
-    def api(self, folder: Path) -> None:
-        """api on a database holding the parents, then loader_same_rows on a fresh one."""
-        url = self.scratch.create(f"api_{self.round}")
-        state = folder / "state-api"
-        measure(  # the parents, untimed: the API needs them as a file run leaves them
+    def with_parents(self, name: str, state: Path) -> str:
+        """A fresh database holding the parents as a file run leaves them (untimed)."""
+        url = self.scratch.create(f"{name}_{self.round}")
+        measure(
             "loader.bench.paths:load_files",
             {
                 "url": url,
@@ -210,19 +259,51 @@ class Bench:
                 "batch_size": self.plan.batch_size,
             },
         )
+        return url
+
+    def api(self, folder: Path) -> None:
+        """api on a database holding the parents, loader_same_rows on a fresh one, then
+        api_latency_p95: the same bodies one at a time, on a fresh database with the parents."""
+        for name, one_at_a_time in (("api", False), ("api_latency_p95", True)):
+            state = folder / f"state-{name}"
+            url = self.with_parents(name, state)
+            self.step(
+                name,
+                "loader.bench.api:send_batches",
+                url=url,
+                state_dir=str(state),
+                csv_file=str(self.inputs.same_rows / HIRED),
+                rows_per_request=self.plan.rows_per_request,
+                one_at_a_time=one_at_a_time,
+            )
+            self.scratch.drop(url)
+            if name == "api":
+                self.scratch.drop(
+                    self.load_files("loader_same_rows", folder, self.inputs.same_rows)
+                )
+
+    def watch(self, folder: Path) -> None:
+        """watch_latency, on a fresh database: the watch settles the parents, then the clock
+        runs from one export's upload until its rows are settled."""
+        if arrival.missing():
+            return
+        url = self.scratch.create(f"watch_{self.round}")
         self.step(
-            "api",
-            "loader.bench.api:send_batches",
+            "watch_latency",
+            "loader.bench.arrival:upload_settled",
             url=url,
-            state_dir=str(state),
-            csv_file=str(self.inputs.same_rows / HIRED),
-            rows_per_request=self.plan.rows_per_request,
+            state_dir=str(folder / "state-watch"),
+            work_dir=str(folder / "watch"),
+            parents=[str(self.inputs.sample / name) for name in PARENTS],
+            export=str(self.inputs.arrival),
         )
         self.scratch.drop(url)
-        self.scratch.drop(self.load_files("loader_same_rows", folder, self.inputs.same_rows))
 
     def results(self) -> list[Result]:
         notes = {} if self.pgloader else {"pgloader": "not installed (`command -v pgloader`)"}
+        if arrival.missing():
+            needs = " and ".join(arrival.missing())
+            notes["watch_latency"] = f"needs {needs} (pip install -e '.[dev]')"
         return with_ratios(
             [
                 summarise(name, self.rows[name], self.measurements[name], notes.get(name, ""))
