@@ -80,6 +80,13 @@ def command_watch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop_asked)
     signal.signal(signal.SIGINT, stop_asked)
     err.print(f"watching {settings.input_dir} every {args.every:g} s", markup=False)
+    gate = None
+    if settings.workers is None and settings.scheduler is None:
+        from loader.flow.judge.gate_process import ForkedGate
+        from loader.settings import EXPECTATIONS_DIR
+
+        # Forked before any thread starts (the metrics server's), warm before the first export.
+        gate = ForkedGate(EXPECTATIONS_DIR, settings.gx_state_dir)
     observers = observers_for(settings, Process.WATCH)
     watch = Watch(
         settings,
@@ -89,6 +96,7 @@ def command_watch(args: argparse.Namespace) -> int:
         ran=(lambda summary: None) if json_logs() else lambda s: print(one_line(s), flush=True),
         stop=stop,
         observers=observers,
+        gate=gate,
     )
     with libraries_quiet(settings.state_path / LIBRARY_LOG):
         try:
@@ -97,6 +105,8 @@ def command_watch(args: argparse.Namespace) -> int:
             err.print("stopped: the current run was abandoned (its row says failed)")
         finally:
             observers.close()
+            if gate is not None:
+                gate.close()
     return ExitCode.OK
 
 

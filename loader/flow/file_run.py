@@ -56,6 +56,7 @@ from loader.observe.events import Finished, Job, Observers
 from loader.settings import EXPECTATIONS_DIR, Settings
 
 if TYPE_CHECKING:  # the pipeline imports dlt: a run with nothing new never needs it
+    from loader.flow.judge.gate import Gate
     from loader.flow.pipeline import Progress, Run
 
 # How long a waiting run gives the run it waits for to write its audit.runs row, to name it.
@@ -65,7 +66,8 @@ HOLDER_ROW_SECONDS = 30.0
 class LoadHere:
     """How a file run reads, judges and lands its exports in this process: the strict reader
     beside a structure pre-scan, chunk by chunk, judged by a forked gate, settled while the next
-    chunks are judged. Leaving it closes the gate."""
+    chunks are judged. Leaving it closes the gate it started (a gate handed to it, such as
+    `watch`'s warm one, stays open)."""
 
     def __init__(
         self,
@@ -73,17 +75,21 @@ class LoadHere:
         conn: psycopg.Connection,
         url: str,
         progress: Progress | None,
+        gate: Gate | None = None,
         **observing,
     ):
         """`observing`: the run's observers and what they are told (`pipeline.Run`)."""
         from loader.flow.judge.gate_process import ForkedGate
-        from loader.flow.land import RawLoader
-        from loader.flow.pipeline import Run
 
         self.settings = settings
         self.structure = None
-        self.gate = ForkedGate(EXPECTATIONS_DIR, settings.gx_state_dir)
+        self.own_gate = gate is None
+        # Forked first: the gate imports GX on the other core while this process imports dlt.
+        self.gate = ForkedGate(EXPECTATIONS_DIR, settings.gx_state_dir) if gate is None else gate
         try:
+            from loader.flow.land import RawLoader
+            from loader.flow.pipeline import Run
+
             self.run = Run(
                 settings,
                 conn,
@@ -97,7 +103,7 @@ class LoadHere:
                 **observing,
             )
         except BaseException:
-            self.gate.close()
+            self.close_gate()
             raise
 
     def load(self, reads: list[FileRead]) -> None:
@@ -109,6 +115,7 @@ class LoadHere:
         )
         sources = table_sources(reads, settings)
         self.run.load_and_settle(sources, batch_states(self.run.conn), self.structure)
+        self.structure.cancel()  # the run read its input whole itself
 
     def cancel(self) -> None:
         if self.structure is not None:
@@ -118,7 +125,11 @@ class LoadHere:
         return self
 
     def __exit__(self, *exception) -> None:
-        self.gate.close()
+        self.close_gate()
+
+    def close_gate(self) -> None:
+        if self.own_gate:
+            self.gate.close()
 
 
 def plan_reads(
@@ -153,6 +164,7 @@ def run_files(
     skip_malformed: bool = False,
     observers: Observers | None = None,
     job: Job = Job.FILE_RUN,
+    gate: Gate | None = None,
 ) -> RunSummary:
     """The input's new or changed exports through the pipeline, then data docs and marts; on a
     Dask cluster when `settings` name workers or a scheduler.
@@ -164,6 +176,8 @@ def run_files(
         skip_malformed: do not read again a file found malformed before and unchanged since
             (`watch`; a `run` reads it again and stops on it).
         observers: told the run started (as `job`) and how it ended, and of its marts build.
+        gate: a gate to judge with, kept open (`watch` keeps one warm for its life); None: the
+            run forks one of its own. A run on Dask judges on its workers either way.
     """
     observers = observers or Observers()
     check_writable(settings.state_path)
@@ -181,7 +195,7 @@ def run_files(
 
             observing = {"observers": observers, "job": job}
             if reads:
-                summary = _load(settings, conn, url, reads, progress, listed, observing)
+                summary = _load(settings, conn, url, reads, progress, listed, observing, gate)
             else:
                 summary = _nothing_new(settings, conn, listed, observing)
         summary.write(settings.logs_dir / summary.run_id / "summary.json")
@@ -210,17 +224,18 @@ def _load(
     progress: Progress | None,
     listed: Callable[[RunSummary], None],
     observing: dict,
+    gate: Gate | None,
 ) -> RunSummary:
     """Load, settle, record the files, build the docs and the marts; the run's row closed
     either way, a malformed file recorded as such."""
-    loading = LoadHere
+    loading, options = LoadHere, {"gate": gate}
     if settings.workers is not None or settings.scheduler is not None:
         from loader.flow.cluster.driver import LoadOnCluster  # Dask only where it is asked for
 
-        loading = LoadOnCluster
+        loading, options = LoadOnCluster, {}
     observing["inputs"] = [read.export.shown for read in reads]
     observing["tables"] = list(dict.fromkeys(read.export.table.name for read in reads))
-    with loading(settings, conn, url, progress, **observing) as load:
+    with loading(settings, conn, url, progress, **options, **observing) as load:
         run = load.run
         listed(run.summary)
         try:

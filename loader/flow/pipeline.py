@@ -255,8 +255,8 @@ class Run:
         settle: Callable[[list[Landed]], None],
     ) -> None:
         """Read and judge chunk by chunk; land what was judged when `land_rows` rows or
-        LAND_BATCHES batches wait (only once the structure is checked), then hand the landed
-        batches to `settle`."""
+        LAND_BATCHES batches wait (only once the structure is checked: the input is not read
+        whole yet), then hand the landed batches to `settle`."""
         waiting: list[Chunk] = []
         waiting_rows = waiting_batches = 0
         for chunk in self._judged_chunks(sources, ledger, known):
@@ -268,8 +268,9 @@ class Run:
                 self._land(waiting)
                 settle(_ready_to_settle(waiting))
                 waiting, waiting_rows, waiting_batches = [], 0, 0
-        structure_checked()
-        # The input is whole and judged: the gate builds the data docs while the rest lands.
+        # Every file has been read whole by this run's own reader (a malformed one would have
+        # raised): the structure check has nothing left to say. The input is whole and judged:
+        # the gate builds the data docs while the rest lands.
         self.docs = self.gate.submit_docs()
         self._land(waiting)
         settle(_ready_to_settle(waiting))

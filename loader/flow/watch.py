@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from loader.db.connect import DatabaseUnavailable, connect, database_url
 from loader.db.schema import ensure_schemas
@@ -24,13 +25,17 @@ from loader.flow.summary import RunSummary
 from loader.observe.events import Job, Observers
 from loader.settings import Settings
 
+if TYPE_CHECKING:
+    from loader.flow.judge.gate import Gate
+
 BACKOFF_SECONDS = (1, 2, 5, 10, 30, 60)
 
 
 @dataclass
 class Watch:
     """Watches `settings.input_dir`; `said` takes one line for people (stderr), `ran` each run's
-    summary (stdout's one line)."""
+    summary (stdout's one line). `gate`, when given, judges every run and stays warm between
+    them: an export that arrives does not wait for a gate process to import GX."""
 
     settings: Settings
     every: float
@@ -38,6 +43,7 @@ class Watch:
     ran: Callable[[RunSummary], None]
     stop: threading.Event
     observers: Observers = field(default_factory=Observers)
+    gate: Gate | None = None
 
     def __post_init__(self) -> None:
         self._last_listing: dict[str, tuple[int, str | None]] = {}
@@ -80,6 +86,7 @@ class Watch:
             skip_malformed=True,
             observers=self.observers,
             job=Job.WATCH_RUN,
+            gate=self.gate,
         )
         self.ran(summary)
         return summary

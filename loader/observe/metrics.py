@@ -11,6 +11,7 @@ under a fixed name); never a run id, a batch id or a value.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from loader.observe.events import Ending, Finished, Job, Observer, Started, describe
-from loader.settings import Settings
+from loader.settings import EXPECTATIONS_DIR, Settings
 from loader.tables import TABLES, TABLES_BY_NAME
 
 if TYPE_CHECKING:
@@ -46,12 +47,12 @@ log = logging.getLogger("loader.observe")
 @functools.cache
 def rule_vocabulary() -> dict[str, frozenset[tuple[str, str]]]:
     """Per table, the (field, rule) pairs its expectations name: the `rule` label's values.
-    Imports GX: called when a run's rules are counted, in a process that has judged them."""
-    from loader.flow.judge.rules import expectations_for
-
+    Read from the committed suites (`python -m loader expectations` writes them from the data
+    dictionary), not by importing GX: a run's own process never imports it."""
     vocabulary = {}
     for table in TABLES:
-        pairs = {(e.meta["field"], e.meta["rule"]) for e in expectations_for(table)}
+        suite = json.loads((EXPECTATIONS_DIR / "expectations" / f"{table.name}.json").read_text())
+        pairs = {(e["meta"]["field"], e["meta"]["rule"]) for e in suite["expectations"]}
         vocabulary[table.name] = frozenset(pairs | {("*", CHECKPOINT_RULE)})
     return vocabulary
 

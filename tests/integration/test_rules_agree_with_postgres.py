@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from loader.flow.file_run import run_files
-from loader.flow.judge.gate import InProcessGate
+from loader.flow.judge.checkpoints import InProcessGate
 from loader.flow.judge.rules import instant_helper, integer_helper, validation_frame
 from loader.flow.settle.statements import cast_field
 from loader.flow.source.csv_reader import read_stream, to_arrow

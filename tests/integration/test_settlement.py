@@ -12,7 +12,7 @@ import pytest
 
 from loader.db.schema import MIGRATIONS_DIR, core_table_ddl, migrations
 from loader.flow.file_run import run_files
-from loader.flow.judge.gate import InProcessGate
+from loader.flow.judge.checkpoints import InProcessGate
 from loader.flow.source.csv_reader import read_batches
 from loader.tables import TABLES, table_named
 from tests.conftest import settings_for

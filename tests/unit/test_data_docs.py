@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from loader.flow.judge.gate import InProcessGate
+from loader.flow.judge.checkpoints import InProcessGate
 from loader.settings import EXPECTATIONS_DIR
 from loader.tables import DEPARTMENTS, JOBS
 from loader.web.data_docs import MANIFEST, VENDOR, offline_page, remote_assets, vendored

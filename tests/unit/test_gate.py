@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
+from loader.flow.judge.checkpoints import InProcessGate
 from loader.flow.judge.context import write_context
-from loader.flow.judge.gate import InProcessGate
 from loader.flow.judge.rules import instant_helper, suite_for, validation_frame
 from loader.flow.model import RawBatch
 from loader.flow.source.csv_reader import to_arrow

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loader.flow.judge.gate import InProcessGate
+from loader.flow.judge.checkpoints import InProcessGate
 from loader.flow.judge.gate_process import ForkedGate
 from loader.flow.source.csv_reader import to_arrow
 from loader.settings import EXPECTATIONS_DIR

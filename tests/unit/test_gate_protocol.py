@@ -8,7 +8,8 @@ import inspect
 
 import pytest
 
-from loader.flow.judge.gate import Gate, InProcessGate
+from loader.flow.judge.checkpoints import InProcessGate
+from loader.flow.judge.gate import Gate
 from loader.flow.judge.gate_process import ForkedGate
 from loader.flow.judge.renumbering import RenumberingGate
 

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from loader.flow.cluster.worker import Job, TaskResult, judge_share
 from loader.flow.errors import ClusterUnavailable
-from loader.flow.judge.gate import InProcessGate
+from loader.flow.judge.checkpoints import InProcessGate
 from loader.flow.land import RawLoader
 from loader.flow.model import SETTLED
 from loader.flow.pipeline import Progress, Run, known_ids

@@ -27,7 +27,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from loader.db.connect import connect
-from loader.flow.judge.gate import InProcessGate
+from loader.flow.judge.checkpoints import InProcessGate
 from loader.flow.land import RawLoader, ensure_raw_index, raw_copies, without_copies
 from loader.flow.ledger import batch_states
 from loader.flow.model import SETTLED, BatchInfo, BatchState, RawBatch, Verdict, accepted_ids

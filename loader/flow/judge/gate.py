@@ -1,17 +1,12 @@
-"""The gate: a table's GX checkpoint run over many batches in one pass, a verdict per batch.
+"""What a run asks of a gate, wherever its checkpoints run: `checkpoints.InProcessGate` here,
+`gate_process.ForkedGate` in a child process, `renumbering.RenumberingGate` over either.
 
-One validation per chunk keeps GX's fixed cost (about 0.2 s a checkpoint run here) off every
-batch, and the data docs are built once per run rather than by an UpdateDataDocsAction on every
-checkpoint run (another 0.85 s each, measured); `result_format=COMPLETE` with the line number
-and the batch id as index columns lists every failing row with its batch (a chunk may hold
-batches of several files, whose lines all start at 1). The
-checkpoint's `success` is the authority: a failed checkpoint whose failures cannot be pinned to
-rows rejects every batch it saw. No SQL here.
+This module imports no Great Expectations (about 2.6 s and 150 MB of imports): a run's own
+process only talks to its gate, and the gate process imports GX while the run starts up.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -20,15 +15,9 @@ from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from great_expectations.core.run_identifier import RunIdentifier
-from great_expectations.data_context.types.resource_identifiers import (
-    ExpectationSuiteIdentifier,
-)
 
-from loader.flow.judge.context import open_context
-from loader.flow.judge.rules import known_ids_parameter, validation_frame
-from loader.flow.model import Failure, Judged, Verdict
-from loader.tables import BATCH_ID, LINE_NUMBER, RUN_ID, Table
+from loader.flow.model import Judged, Verdict
+from loader.tables import LINE_NUMBER, RUN_ID, Table
 
 
 def judged_now(check: Callable[..., dict[str, Verdict]], *arguments) -> Future[Judged]:
@@ -49,8 +38,7 @@ def run_name(chunk: pa.Table) -> str | None:
 
 
 class Gate(Protocol):
-    """What a run asks of a gate, wherever its checkpoints run (`InProcessGate` here,
-    `gate_process.ForkedGate` in a child process, `renumbering.RenumberingGate` over either)."""
+    """What a run asks of a gate (see the module)."""
 
     def submit(
         self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
@@ -76,79 +64,3 @@ class Gate(Protocol):
     def close(self) -> None:
         """Release what the gate holds (a child process)."""
         ...
-
-
-class InProcessGate:
-    """Validates chunks of batches with the committed checkpoints, in this process."""
-
-    def __init__(self, context_dir: Path, state_dir: Path):
-        # GX logs every expectation it cannot render at WARNING; its results say what failed.
-        logging.getLogger("great_expectations").setLevel(logging.ERROR)
-        self.context = open_context(context_dir, state_dir)
-        self.validated: list = []  # result identifiers of this gate's validations
-
-    def build_docs(self) -> Path:
-        """Add this gate's validations to the data docs site and rebuild its index page.
-
-        Pages of earlier runs are kept as they are, so the cost does not grow with history;
-        the pages of the suites validated are rebuilt, so the index's links to them resolve.
-        The validations added are forgotten: a long-lived gate (the API's) builds each once.
-        """
-        suites = {key.expectation_suite_identifier.name for key in self.validated}
-        identifiers = [*self.validated, *map(ExpectationSuiteIdentifier, sorted(suites))]
-        self.context.build_data_docs(resource_identifiers=identifiers or None)
-        self.validated.clear()
-        return Path(self.context.get_docs_sites_urls()[0]["site_url"].removeprefix("file://"))
-
-    def submit(
-        self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
-    ) -> Future[Judged]:
-        return judged_now(self.check, table, chunk, batch_ids, known_ids)
-
-    def submit_docs(self) -> Future[Path]:
-        """`build_docs` done here and now, as the future a `GateProcess` gives."""
-        future: Future[Path] = Future()
-        future.set_result(self.build_docs())
-        return future
-
-    def close(self) -> None:
-        """Nothing to release: the context lives as long as this object."""
-
-    def check(
-        self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
-    ) -> dict[str, Verdict]:
-        """Run the table's checkpoint over a chunk of batches (see `Gate.submit`); return a
-        verdict per batch id."""
-        frame = validation_frame(table, chunk)
-        parameters = {known_ids_parameter(name): ids for name, ids in known_ids.items()}
-        result = self.context.checkpoints.get(table.name).run(
-            batch_parameters={"dataframe": frame},
-            expectation_parameters=parameters,
-            run_id=RunIdentifier(run_name=run_name(chunk)),
-        )
-        verdicts = {batch_id: Verdict(batch_id) for batch_id in batch_ids}
-        self.validated += list(result.run_results)
-        for validation in result.run_results.values():
-            for outcome in validation.results:
-                if outcome.success:
-                    continue
-                meta = outcome.expectation_config.meta or {}
-                failure = Failure(
-                    meta.get("field", "*"),
-                    meta.get("rule", outcome.expectation_config.type),
-                    outcome.expectation_config.type,
-                )
-                rows = outcome.result.get("unexpected_index_list")
-                if rows:
-                    for row in rows:
-                        line = int(row[LINE_NUMBER])
-                        verdicts[row[BATCH_ID]].failing_rows.setdefault(line, []).append(failure)
-                else:
-                    for verdict in verdicts.values():
-                        verdict.batch_failures.append(failure)
-        if not result.success and all(verdict.passed for verdict in verdicts.values()):
-            for verdict in verdicts.values():
-                verdict.batch_failures.append(
-                    Failure("*", "the checkpoint failed without naming rows", "checkpoint")
-                )
-        return verdicts

@@ -8,9 +8,11 @@ most (`pipeline.Run` collects a chunk's verdicts before it lands it), so memory 
 chunk and the ledger's promises do not change: a verdict is still known before its batch lands
 or settles.
 
-The process is forked before the run starts any thread, from a process that has GX imported
-already, so it is ready at once; it dies with the run (Linux's parent-death signal), and a
-checkpoint failing in it is raised in the run as it would be in-process.
+The process is forked before the run starts any thread, and imports Great Expectations itself
+(about 2.6 s): the run's process never imports GX, and goes on setting up, listing and reading
+while its gate gets ready on the other core. The first chunk's verdict waits for that, not the
+run's start. The gate dies with the run (Linux's parent-death signal), and a checkpoint failing
+in it is raised in the run as it would be in-process.
 """
 
 from __future__ import annotations
@@ -26,17 +28,19 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow as pa
 
-from loader.flow.judge.gate import InProcessGate
 from loader.flow.model import Judged
 from loader.flow.runtime import heap
 from loader.tables import Table, table_named
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 T = TypeVar("T")
+
+if TYPE_CHECKING:  # imported by the child alone: see the module
+    from loader.flow.judge.checkpoints import InProcessGate
 
 _gate: InProcessGate | None = None  # the child's gate
 
@@ -70,9 +74,10 @@ class ForkedGate:
         )
         # The fork happens at the first submit: now, while this process has one thread (a
         # run's, or a server's before it serves), its imported objects frozen so that neither
-        # process's collector copies their pages.
+        # process's collector copies their pages. Not waited for: the child imports GX while
+        # this process goes on; work submitted meanwhile waits in the pool's queue.
         heap.freeze()
-        pool.submit(_ready).result()
+        pool.submit(_ready)
         return pool
 
     def _submit(self, work: Callable[..., T], *arguments) -> Future[T]:
@@ -102,6 +107,8 @@ class ForkedGate:
 def _open_gate(context_dir: Path, state_dir: Path, parent: int) -> None:
     global _gate
     _die_with_parent(parent)
+    from loader.flow.judge.checkpoints import InProcessGate
+
     _gate = InProcessGate(context_dir, state_dir)
 
 

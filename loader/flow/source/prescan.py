@@ -26,37 +26,54 @@ from loader.tables import table_named
 
 INPUT_ERROR = 3
 STORAGE_ERROR = 4
+# About 20,000 rows of hired_employees uncompressed, or 150,000 gzipped: an input this small is
+# usually read whole before the first land (`Settings.land_rows` rows) is due.
+EAGER_BYTES = 1_000_000
 
 
 class StructureCheck:
-    """The pass over `exports`, started at once; calling it waits for its verdict."""
+    """The pass over `exports`; calling it waits for its verdict.
+
+    Started at once when the input is larger than EAGER_BYTES (it then runs beside the run's
+    first chunks), else only when a land is due before the run has read its input whole: a
+    small input is read whole before its first land, and the run's own reader has then
+    checked it (`pipeline.Run` asks only for lands before that). A small run, or a `watch`
+    cycle, does not start a Python process for nothing.
+    """
 
     def __init__(self, exports: list[Export], batch_size: int, encoding: str = DEFAULT_ENCODING):
         self.exports = exports
-        arguments = [f"{export.table.name}={export.url}" for export in exports]
+        self._arguments = [
+            sys.executable,
+            "-m",
+            __name__,
+            *[f"{export.table.name}={export.url}" for export in exports],
+            "--batch-size",
+            str(batch_size),
+            "--encoding",
+            encoding,
+        ]
+        self._process: subprocess.Popen | None = None
+        self._passed = False
+        if sum(export.size for export in exports) > EAGER_BYTES:
+            self._start()
+
+    def _start(self) -> None:
         self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                __name__,
-                *arguments,
-                "--batch-size",
-                str(batch_size),
-                "--encoding",
-                encoding,
-            ],
+            self._arguments,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
         )
-        self._passed = False
 
     def __call__(self) -> None:
         """Return once every file read whole; raise its InputError (with the export as its
         `source`) if one did not."""
         if self._passed:
             return
+        if self._process is None:
+            self._start()
         _, errors = self._process.communicate()
         said = errors.strip().splitlines()[-1:] or [f"exit {self._process.returncode}"]
         if self._process.returncode == INPUT_ERROR:
@@ -68,8 +85,9 @@ class StructureCheck:
         self._passed = True
 
     def cancel(self) -> None:
-        """Stop the pass if it still runs (the run failed for another reason)."""
-        if self._process.returncode is None:
+        """Stop the pass if it still runs (the run failed for another reason, or read its
+        input whole itself)."""
+        if self._process is not None and self._process.returncode is None:
             self._process.kill()
             self._process.communicate()
 
