@@ -67,7 +67,9 @@ def batch_from_json(table: Table, body: bytes, source: str) -> RawBatch:
             column_values.append(text)
             found = found or problem
         problems.append(found)
-    return RawBatch(table.name, source, 1, "", list(range(1, len(rows) + 1)), values, problems)
+    return RawBatch.from_lists(
+        table, source, 1, "", list(range(1, len(rows) + 1)), values, problems
+    )
 
 
 def batch_from_csv(table: Table, body: bytes, source: str) -> RawBatch:

@@ -1,8 +1,8 @@
 """The records a batch passes through on its way (read → judged → settled) and the words of
 the ledger: batch states, run statuses, and how a policy turns a verdict into a state.
 
-Cheap to import (the standard library and the data dictionary only): every stage and driver
-shares these, and the API answers with them.
+Cheap to import (the standard library and the data dictionary only; pyarrow where a batch is
+built from lists): every stage and driver shares these, and the API answers with them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
+from typing import TYPE_CHECKING
+
 from loader.settings import Policy
-from loader.tables import Table
+from loader.tables import DECODE_ERROR, LINE_NUMBER, Table
+
+if TYPE_CHECKING:  # a batch's rows are Arrow; this module itself stays cheap to import
+    import pyarrow as pa
 
 # The one rule a row can fail today and pass later, once its department or job arrives: such a
 # batch waits in the ledger instead of being settled as rejected.
@@ -55,23 +60,61 @@ def reference_rule(table_name: str) -> str:
 
 @dataclass
 class RawBatch:
-    """Consecutive data rows of one source, as trimmed text, with their lineage."""
+    """Consecutive data rows of one source, as trimmed text, with their line numbers: `data`,
+    an Arrow table of the table's fields (text, missing as null), LINE_NUMBER and
+    DECODE_ERROR, as the reader cuts it from a block (`source.csv_reader`). The lists below
+    are for the few readers that want Python values (a request's answer, a parent's ids)."""
 
     table: str
     source: str
     first_line: int
     batch_id: str = ""
-    line_numbers: list[int] = field(default_factory=list)
-    values: list[list[str | None]] = field(default_factory=list)  # one list per column
-    decode_errors: list[str | None] = field(default_factory=list)
+    data: pa.Table | None = None
+
+    @classmethod
+    def from_lists(
+        cls,
+        table: Table,
+        source: str,
+        first_line: int,
+        batch_id: str,
+        line_numbers: list[int],
+        values: list[list[str | None]],
+        decode_errors: list[str | None],
+    ) -> RawBatch:
+        """A batch of rows given as Python lists (one list per column)."""
+        import pyarrow as pa
+
+        columns = {
+            column.name: pa.array(column_values, pa.string())
+            for column, column_values in zip(table.columns, values)
+        }
+        columns[LINE_NUMBER] = pa.array(line_numbers, pa.int64())
+        columns[DECODE_ERROR] = pa.array(decode_errors, pa.string())
+        return cls(table.name, source, first_line, batch_id, pa.table(columns))
 
     @property
     def rows(self) -> int:
-        return len(self.line_numbers)
+        return 0 if self.data is None else self.data.num_rows
 
     @property
     def last_line(self) -> int:
-        return self.line_numbers[-1] if self.line_numbers else self.first_line
+        return self.data[LINE_NUMBER][-1].as_py() if self.rows else self.first_line
+
+    @property
+    def line_numbers(self) -> list[int]:
+        return [] if self.data is None else self.data[LINE_NUMBER].to_pylist()
+
+    @property
+    def values(self) -> list[list[str | None]]:
+        """One list per field, in the table's column order."""
+        if self.data is None:
+            return []
+        return [self.data[name].to_pylist() for name in self.data.column_names[:-2]]
+
+    @property
+    def decode_errors(self) -> list[str | None]:
+        return [] if self.data is None else self.data[DECODE_ERROR].to_pylist()
 
 
 @dataclass
@@ -206,7 +249,7 @@ def accepted_ids(table: Table, batch: RawBatch, verdict: Verdict, policy: Policy
     _, promotes = held_back(verdict, policy)
     if not promotes:
         return []
-    keys = batch.values[table.column_names.index(table.primary_key)]
+    keys = batch.data[table.primary_key].to_pylist()
     return [
         int(key) for line, key in zip(batch.line_numbers, keys) if line not in verdict.failing_rows
     ]

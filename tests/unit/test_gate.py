@@ -27,8 +27,8 @@ def gate(tmp_path_factory):
 def batch_of(rows, batch_id="b1", first_line=1, table=HIRED_EMPLOYEES, decode_errors=None):
     lines = list(range(first_line, first_line + len(rows)))
     values = [list(column) for column in zip(*rows)] if rows else [[] for _ in table.columns]
-    return RawBatch(
-        table.name,
+    return RawBatch.from_lists(
+        table,
         "test.csv",
         first_line,
         batch_id,

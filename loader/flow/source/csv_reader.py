@@ -13,10 +13,13 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from loader.flow.errors import InputError
 from loader.flow.model import RawBatch, ReadCounts
@@ -24,6 +27,14 @@ from loader.flow.source.exports import ARCHIVE_ERRORS, opened, shown_url
 from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, RUN_ID, SOURCE_FILE, Table
 
 BOM = b"\xef\xbb\xbf"
+BLOCK_BYTES = 8 << 20
+NEWLINE, CARRIAGE_RETURN = ord("\n"), ord("\r")
+# A line needing the slow way even with the right number of commas: a quote, or a control
+# character other than the tab (a NUL, a lone carriage return, the whitespace str.strip knows).
+SPECIAL = '["\\x00-\\x08\\x0a-\\x1f\\x7f]'
+# A trimmed field whose end is not printable ASCII: `str.strip` may trim more there.
+UNUSUAL_EDGE = "^[^\\x20-\\x7e]|[^\\x20-\\x7e]$"
+SAMPLE_ASCII = '0123456789,"\r\n abcxyzABCXYZ-:.'
 DEFAULT_ENCODING = "utf-8"
 NOT_UTF8 = "bytes that are not UTF-8"
 NUL_BYTE = "NUL byte"
@@ -130,53 +141,293 @@ def read_stream(
         max_rows: stop after this many data rows.
     """
     counts = counts if counts is not None else ReadCounts()
-    batch, content = None, bytearray()
-    for line_number, raw in enumerate(handle, start=first_line):
-        if max_rows is not None and counts.rows == max_rows:
-            break
-        counts.lines = line_number
-        if line_number == 1 and raw.startswith(BOM):
-            raw = raw[len(BOM) :]
-        stripped = raw.rstrip(b"\r\n")
-        if not stripped.strip():
-            counts.blank_lines += 1
+    cutter = _Cutter(table, source, batch_size, counts, max_rows)
+    line = first_line
+    for block in _blocks(handle):
+        if line == 1 and block.startswith(BOM):
+            block = block[len(BOM) :]  # BOM is ASCII-free: no line break moves
+            if not block:  # the stream held a BOM alone: one blank line
+                counts.lines, line = 1, 2
+                counts.blank_lines += 1
+                continue
+        parsed = parse_block(block, table, source, line, encoding)
+        yield from cutter.take(parsed)
+        if cutter.full:
+            return
+        line += parsed.lines
+        counts.lines = line - 1
+        counts.blank_lines += len(parsed.blank_lines)
+        if parsed.error is not None:
+            counts.lines = line
+            raise parsed.error
+    yield from cutter.rest()
+
+
+def _blocks(handle: BinaryIO) -> Iterator[bytes]:
+    """The stream in blocks of whole lines (about BLOCK_BYTES each; the last may lack its
+    line break)."""
+    rest = b""
+    while True:
+        data = handle.read(BLOCK_BYTES)
+        if not data:
+            if rest:
+                yield rest
+            return
+        data = rest + data if rest else data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            rest = data
             continue
-        text, problem = decode_line(stripped, encoding)
-        fields = split_fields(text, table, f"{source}, line {line_number}")
-        if batch is None:
-            batch, content = RawBatch(table.name, source, line_number), bytearray()
-            batch.values = [[] for _ in table.columns]
-        content += stripped + b"\n"
-        batch.line_numbers.append(line_number)
-        batch.decode_errors.append(problem)
-        for column_values, value in zip(batch.values, fields):
+        yield data[:cut] if cut < len(data) else data
+        rest = data[cut:]
+
+
+@dataclass
+class Block:
+    """One block's lines parsed: its data rows (the table's fields, LINE_NUMBER, DECODE_ERROR),
+    where each data row's text is in the block (start, end without its line break), the numbers
+    of its blank lines, its lines (up to a malformed one), and that line's error."""
+
+    block: bytes
+    rows: pa.Table
+    starts: np.ndarray
+    ends: np.ndarray
+    blank_lines: np.ndarray
+    lines: int
+    error: InputError | None = None  # the first malformed line, which ends the block's rows
+
+
+def parse_block(block: bytes, table: Table, source: str, first_line: int, encoding: str) -> Block:
+    """Every line of `block` (numbered from `first_line`) as the strict reader reads it.
+
+    Plain lines (valid text, the table's number of commas, no quote and no control character)
+    are split and trimmed by Arrow compute, all at once; every other line (quoted fields,
+    undecodable bytes, NULs, blank lines, a wrong field count) goes through `split_fields`
+    one by one, which also raises the first structure error in line order. A field whose
+    trimmed text begins or ends with a character that is not printable ASCII is trimmed by
+    Python (`str.strip` knows more whitespace than Arrow's ASCII trim), so both ways give the
+    same values.
+    """
+    buffer = np.frombuffer(block, dtype=np.uint8)
+    breaks = np.flatnonzero(buffer == NEWLINE)
+    starts = np.concatenate(([0], breaks + 1)).astype(np.int64)
+    if starts[-1] == len(block):  # the block ends with a line break: no line after it
+        starts = starts[:-1]
+    bounds = np.append(starts, len(block))
+    ends = np.append(breaks, len(block))[: len(starts)]
+    while True:  # strip the carriage returns before each line break (`rstrip(b"\r\n")`)
+        returns = (ends > starts) & (buffer[np.maximum(ends - 1, 0)] == CARRIAGE_RETURN)
+        if not returns.any():
+            break
+        ends = ends - returns
+    lines = len(starts)
+    offsets = pa.py_buffer(bounds.astype(np.int32))
+    raw = pa.Array.from_buffers(pa.binary(), lines, [None, offsets, pa.py_buffer(block)])
+
+    plain = _decodable(block, buffer, bounds, encoding)
+    text = raw.filter(pa.array(plain)).cast(pa.string())
+    text = pc.utf8_rtrim(text, "\r\n")
+    fields = len(table.columns)
+    simple = pc.and_(
+        pc.equal(pc.count_substring(text, ","), fields - 1),
+        pc.invert(pc.match_substring_regex(text, SPECIAL)),
+    )
+    fast = np.flatnonzero(plain)[simple.to_numpy(zero_copy_only=False)]
+    slow_candidates = np.setdiff1d(np.arange(lines), fast, assume_unique=True)
+
+    slow, slow_values, problems, blank = [], [[] for _ in table.columns], [], []
+    error = None
+    for index in slow_candidates.tolist():
+        stripped = block[starts[index] : ends[index]]
+        if not stripped.strip():
+            blank.append(index)
+            continue
+        decoded, problem = decode_line(stripped, encoding)
+        try:
+            found = split_fields(decoded, table, f"{source}, line {first_line + index}")
+        except InputError as malformed:
+            # The rows before it are still the block's: their batches are read before the
+            # error is raised, as a line-by-line reader would.
+            error, lines = malformed, index
+            simple = pc.and_(simple, pa.array(np.flatnonzero(plain) < index))
+            fast = fast[fast < index]
+            break
+        for column_values, value in zip(slow_values, found):
             column_values.append(value)
-        counts.rows += 1
-        if batch.rows == batch_size:
-            batch.batch_id = batch_id(table.name, batch.first_line, bytes(content))
-            yield batch
-            batch = None
-    if batch is not None:
-        batch.batch_id = batch_id(table.name, batch.first_line, bytes(content))
-        yield batch
+        slow.append(index)
+        problems.append(problem)
+
+    columns = _split_plain(text.filter(simple), table)
+    order = None
+    if slow:
+        indices = np.concatenate((fast, np.array(slow, dtype=np.int64)))
+        order = pa.array(np.argsort(indices, kind="stable"))
+        data_lines = np.sort(indices)
+    else:
+        data_lines = fast
+    table_columns = {}
+    for column, fast_values, more in zip(table.columns, columns, slow_values):
+        if slow:
+            fast_values = pa.concat_arrays([fast_values, pa.array(more, pa.string())])
+            fast_values = fast_values.take(order)
+        table_columns[column.name] = fast_values
+    table_columns[LINE_NUMBER] = pa.array(data_lines + first_line, pa.int64())
+    if slow:
+        errors = pa.array([None] * len(fast) + problems, pa.string()).take(order)
+    else:
+        errors = pa.nulls(len(fast), pa.string())
+    table_columns[DECODE_ERROR] = errors
+    return Block(
+        block,
+        pa.table(table_columns),
+        starts[data_lines],
+        ends[data_lines],
+        np.array(blank, dtype=np.int64) + first_line,
+        lines,
+        error,
+    )
+
+
+def _decodable(block: bytes, buffer: np.ndarray, bounds: np.ndarray, encoding: str) -> np.ndarray:
+    """Per line: its bytes are text Arrow can take as they are (ASCII; or valid UTF-8 when the
+    encoding is UTF-8). Other lines go the slow way, which escapes what does not decode."""
+    if len(bounds) == 1:
+        return np.zeros(0, dtype=bool)
+    if not _ascii_compatible(encoding):
+        return np.zeros(len(bounds) - 1, dtype=bool)
+    high = np.logical_or.reduceat(buffer >= 0x80, bounds[:-1]) & (np.diff(bounds) > 0)
+    plain = ~high
+    if encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+        for index in np.flatnonzero(high).tolist():
+            try:
+                block[bounds[index] : bounds[index + 1]].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            plain[index] = True
+    return plain
+
+
+def _ascii_compatible(encoding: str) -> bool:
+    try:
+        return SAMPLE_ASCII.encode(encoding) == SAMPLE_ASCII.encode("ascii")
+    except (LookupError, UnicodeError):
+        return False
+
+
+def _split_plain(text: pa.Array, table: Table) -> list[pa.Array]:
+    """Plain lines' fields: split at every comma, trimmed of spaces and tabs, empty as null; a
+    field with anything but printable ASCII at an end is trimmed by `str.strip` instead."""
+    parts = pc.split_pattern(text, ",")
+    columns = []
+    for index in range(len(table.columns)):
+        untrimmed = pc.list_element(parts, index)
+        trimmed = pc.utf8_trim(untrimmed, " \t")
+        edges = pc.match_substring_regex(trimmed, UNUSUAL_EDGE)
+        if pc.any(edges).as_py():
+            positions = np.flatnonzero(edges.to_numpy(zero_copy_only=False))
+            fixed = trimmed.to_pylist()
+            for position in positions.tolist():
+                fixed[position] = untrimmed[position].as_py().strip()
+            trimmed = pa.array(fixed, pa.string())
+        empty = pc.equal(trimmed, "")
+        columns.append(pc.if_else(empty, pa.scalar(None, pa.string()), trimmed))
+    return columns
+
+
+class _Cutter:
+    """Cuts parsed blocks into batches of `batch_size` consecutive data rows (a batch may span
+    blocks), with their ids from the rows' bytes; stops after `max_rows` rows."""
+
+    def __init__(
+        self, table: Table, source: str, batch_size: int, counts: ReadCounts, max_rows: int | None
+    ):
+        self.table, self.source, self.batch_size = table, source, batch_size
+        self.counts, self.max_rows = counts, max_rows
+        self.parts: list[pa.Table] = []
+        self.digest = None
+        self.first_line = 0
+        self.filled = 0
+        self.full = False
+
+    def take(self, parsed: Block) -> Iterator[RawBatch]:
+        rows = parsed.rows.num_rows
+        position = 0
+        if self.max_rows is not None and self.counts.rows >= self.max_rows:
+            self.full = True
+            return
+        while position < rows:
+            room = self.batch_size - self.filled
+            if self.max_rows is not None:
+                room = min(room, self.max_rows - self.counts.rows)
+            end = min(rows, position + room)
+            self._add(parsed, position, end)
+            position = end
+            if self.max_rows is not None and self.counts.rows == self.max_rows:
+                self.full = True
+                last = parsed.rows[LINE_NUMBER][end - 1].as_py()
+                self.counts.lines = last
+                self.counts.blank_lines += int((parsed.blank_lines < last).sum())
+                yield from self.rest()
+                return
+            if self.filled == self.batch_size:
+                yield self._batch()
+
+    def rest(self) -> Iterator[RawBatch]:
+        if self.filled:
+            yield self._batch()
+
+    def _add(self, parsed: Block, start: int, end: int) -> None:
+        if self.filled == 0:
+            self.first_line = parsed.rows[LINE_NUMBER][start].as_py()
+            self.digest = hashlib.sha256(f"{self.table.name}\x1f{self.first_line}\x1f".encode())
+        self.parts.append(parsed.rows.slice(start, end - start))
+        starts, ends = parsed.starts[start:end], parsed.ends[start:end]
+        contiguous = bool((starts[1:] == ends[:-1] + 1).all()) and (
+            ends[-1] < len(parsed.block) and parsed.block[ends[-1]] == NEWLINE
+        )
+        view = memoryview(parsed.block)
+        if contiguous:  # the rows' bytes as they are in the file, each ending in "\n"
+            self.digest.update(view[starts[0] : ends[-1] + 1])
+        else:
+            for first, last in zip(starts.tolist(), ends.tolist()):
+                self.digest.update(view[first:last])
+                self.digest.update(b"\n")
+        self.filled += end - start
+        self.counts.rows += end - start
+
+    def _batch(self) -> RawBatch:
+        data = pa.concat_tables(self.parts) if len(self.parts) > 1 else self.parts[0]
+        batch = RawBatch(
+            self.table.name,
+            self.source,
+            self.first_line,
+            self.digest.hexdigest()[:32],
+            data.combine_chunks() if len(self.parts) > 1 else data,
+        )
+        self.parts, self.filled = [], 0
+        return batch
 
 
 def to_arrow(table: Table, batches: list[RawBatch], run_id: str) -> pa.Table:
     """Whole batches as one Arrow table: the fields as text, then the lineage columns."""
 
-    def concat(arrays: list[list], kind: pa.DataType) -> pa.Array:
-        return pa.concat_arrays([pa.array(values, kind) for values in arrays])
-
     def repeat(value, kind: pa.DataType) -> pa.Array:
         return pa.concat_arrays([pa.repeat(pa.scalar(value(b), kind), b.rows) for b in batches])
 
-    columns = {
-        column.name: concat([batch.values[index] for batch in batches], pa.string())
-        for index, column in enumerate(table.columns)
-    }
+    if not batches:
+        empty = {name: pa.array([], pa.string()) for name in table.column_names}
+        return pa.table(
+            {**empty, SOURCE_FILE: pa.array([], pa.string()), LINE_NUMBER: pa.array([], pa.int64()),
+             BATCH_ID: pa.array([], pa.string()), RUN_ID: pa.array([], pa.string()),
+             DECODE_ERROR: pa.array([], pa.string())}
+        )  # fmt: skip
+    # Compacted: a batch's rows are a slice of its block's arrays, and a slice would carry (and
+    # pickle to the gate process) the whole block's buffers.
+    rows = pa.concat_tables([batch.data for batch in batches]).combine_chunks()
+    columns = {name: rows[name] for name in table.column_names}
     columns[SOURCE_FILE] = repeat(lambda batch: batch.source, pa.string())
-    columns[LINE_NUMBER] = concat([batch.line_numbers for batch in batches], pa.int64())
+    columns[LINE_NUMBER] = rows[LINE_NUMBER]
     columns[BATCH_ID] = repeat(lambda batch: batch.batch_id, pa.string())
     columns[RUN_ID] = repeat(lambda batch: run_id, pa.string())
-    columns[DECODE_ERROR] = concat([batch.decode_errors for batch in batches], pa.string())
+    columns[DECODE_ERROR] = rows[DECODE_ERROR]
     return pa.table(columns)
