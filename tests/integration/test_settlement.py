@@ -126,6 +126,36 @@ def test_a_value_postgresql_refuses_is_logged_as_a_row_failure_with_its_message(
     assert rows(clean, "select count(*) from core.hired_employees") == [(promoted,)]
 
 
+@pytest.mark.parametrize(("policy", "promoted"), [("reject_batch", 0), ("quarantine_rows", 3)])
+def test_a_reference_to_a_missing_parent_never_reaches_core_whoever_checks_it(
+    clean, tmp_path, monkeypatch, policy, promoted
+):
+    """The rules miss line 3's department (it does not exist); settling still refuses it: the
+    set-based check that stands in for PostgreSQL's per-row triggers finds it, and the row is
+    settled the plain way, where PostgreSQL's foreign key refuses it; it waits for its
+    department like a row the rules caught."""
+    lines = hires(4)
+    lines[2] = "3,Nowhere,2021-05-05T10:00:00Z,2,1"
+    rules_that_miss(monkeypatch, line=3)
+    folder = write_input(tmp_path / "in", ["1,Sales"], ["1,Clerk"], lines)
+    run(clean, tmp_path, folder, policy=policy)
+    assert rows(
+        clean,
+        "select status, rows_promoted from audit.batches where table_name = 'hired_employees'",
+    ) == [("waiting", promoted)]
+    (failures,) = rows(clean, "select line_number, failures from audit.rejected_rows")
+    assert failures[0] == 3
+    assert [(f["field"], f["rule"]) for f in failures[1]] == [
+        ("department_id", "exists in departments")
+    ]
+    assert rows(
+        clean,
+        "select count(*) from core.hired_employees h "
+        "where not exists (select from core.departments d where d.id = h.department_id)",
+    ) == [(0,)]
+    assert rows(clean, "select count(*) from core.hired_employees") == [(promoted,)]
+
+
 def waiting_backends(url, other_than):
     return rows(
         url,

@@ -11,6 +11,14 @@ States: `promoted`, `partially_promoted` and `rejected` are settled (a re-run sk
 `waiting` (held back only because a referenced department or job did not exist) and `failed`
 (a transient error outlasted the retries) are taken up again by the next run.
 
+Foreign keys: where the role may set `session_replication_role` (a superuser, or one granted
+SET on it), a batch's references are checked by one set-based statement that locks each parent
+FOR KEY SHARE, as PostgreSQL's own check does row by row, and the upsert then runs with the
+replica role, which skips the per-row foreign-key triggers (two thirds of PostgreSQL's time in
+settling, measured: 1.9 s against 0.6 s for 200 batches of 1000 rows); the declared keys stay
+as they are for everyone else. A parent missing there is a refusal like PostgreSQL's, settled
+again the plain way. Without the privilege, PostgreSQL's triggers check every row.
+
 What PostgreSQL refuses (`DataError`, `IntegrityError`) stays a row error: the offending rows
 are found one by one inside a rolled-back savepoint and logged with PostgreSQL's message as
 their rule. Deadlocks and serialization failures are retried with backoff; a lost connection
@@ -43,6 +51,7 @@ from loader.flow.model import (
 )
 from loader.flow.runtime.kill_points import AFTER_COMMIT, BEFORE_COMMIT, NOWHERE, KillPoints
 from loader.flow.settle.statements import (
+    parents_locked_statement,
     raw_rows_statement,
     rejected_rows_statement,
     upsert_statement,
@@ -55,6 +64,16 @@ BACKOFF_SECONDS = 0.2
 TRANSIENT = (errors.SerializationFailure, errors.DeadlockDetected, errors.LockNotAvailable)
 REFUSED = (errors.DataError, errors.IntegrityError)
 DATABASE_RULE = "postgresql"
+
+
+def may_skip_key_triggers(conn: psycopg.Connection) -> bool:
+    """Whether this session may set `session_replication_role` (see the module)."""
+    try:
+        with conn.transaction():
+            conn.execute("set local session_replication_role = replica")
+    except errors.InsufficientPrivilege:
+        return False
+    return True
 
 
 def _first_line(error: psycopg.Error) -> str:
@@ -83,6 +102,7 @@ class Settler:
         self.kill = kill
         self._prepared: set[str] = set()
         conn.execute(f"set synchronous_commit = {'on' if durable else 'off'}")
+        self.checks_references = may_skip_key_triggers(conn)
 
     def prepare(self, table: Table) -> None:
         if table.name not in self._prepared:
@@ -130,7 +150,7 @@ class Settler:
                 verdict = self._with_refused_rows(table, batch, verdict)
             status, promotes = held_back(verdict, self.policy)
             if promotes:
-                self._upsert(table, batch, verdict)
+                self._upsert(table, batch, verdict, plain=find_refused)
             held = len(verdict.failing_rows) if promotes else batch.rows
             settlement = Settlement(
                 batch, status, batch.rows - held, held, reasons(verdict), attempts=attempt
@@ -155,8 +175,19 @@ class Settler:
             "only": only,
         }
 
-    def _upsert(self, table: Table, batch: BatchInfo, verdict: Verdict) -> None:
-        self.conn.execute(upsert_statement(table), self._parameters(batch, verdict))
+    def _upsert(self, table: Table, batch: BatchInfo, verdict: Verdict, plain: bool) -> None:
+        """The batch's accepted rows into core; its references checked set-based (see the
+        module) unless `plain` or not allowed."""
+        parameters = self._parameters(batch, verdict)
+        parents = parents_locked_statement(table)
+        if plain or parents is None or not self.checks_references:
+            self.conn.execute(upsert_statement(table), parameters)
+            return
+        if not self.conn.execute(parents, parameters).fetchone()[0]:
+            raise errors.ForeignKeyViolation(f"a row of batch {batch.batch_id} has no parent")
+        self.conn.execute("set local session_replication_role = replica")
+        self.conn.execute(upsert_statement(table), parameters)
+        self.conn.execute("set local session_replication_role = origin")
 
     def _with_refused_rows(self, table: Table, batch: BatchInfo, verdict: Verdict) -> Verdict:
         """The verdict plus every row PostgreSQL refuses, found one row at a time in a

@@ -92,3 +92,42 @@ def rejected_rows_statement(table: Table) -> sql.Composed:
     ).format(
         table_name=sql.Literal(table.name), values=values, raw=sql.Identifier("raw", table.name)
     )
+
+
+@cache  # composed once per table: a run settles thousands of batches
+def parents_locked_statement(table: Table) -> sql.Composed | None:
+    """Whether every parent the batch's promoted rows point at exists, each one locked
+    FOR KEY SHARE as PostgreSQL's own foreign-key check locks it (so that no one can delete it
+    until the batch commits); one set-based statement for the batch instead of a trigger per
+    row and key. None for a table without foreign keys. Same parameters as `upsert_statement`."""
+    if not table.foreign_keys:
+        return None
+    ctes, checks = [], []
+    for column in table.foreign_keys:
+        wanted = sql.Identifier(f"wanted_{column.name}")
+        locked = sql.Identifier(f"locked_{column.name}")
+        ctes.append(
+            sql.SQL(
+                """{wanted} as (
+                select distinct {cast} as id from {raw} as r
+                where r._batch_id = %(batch_id)s and r._run_id = %(raw_run_id)s
+                  and r._line_number <> all(%(failing)s)
+                  and (%(only)s::bigint is null or r._line_number = %(only)s::bigint)
+            ), {locked} as (
+                select p.id from {parent} as p where p.id in (select id from {wanted})
+                for key share of p
+            )"""
+            ).format(
+                wanted=wanted,
+                locked=locked,
+                cast=cast_field(column, sql.Identifier("r", column.name)),
+                raw=sql.Identifier("raw", table.name),
+                parent=sql.Identifier("core", column.references),
+            )
+        )
+        checks.append(
+            sql.SQL("(select count(*) from {}) = (select count(*) from {})").format(wanted, locked)
+        )
+    return sql.SQL("with {} select {}").format(
+        sql.SQL(", ").join(ctes), sql.SQL(" and ").join(checks)
+    )
