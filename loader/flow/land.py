@@ -1,9 +1,12 @@
 """Landing: every input row, as text with its lineage, in `raw.<table>` through dlt, but for
 batches whose rows are whole in raw already.
 
-Rows reach dlt as Arrow record batches (no per-row Python dicts) and are loaded with Postgres
-COPY from uncompressed CSV files: BENCHMARKS.md measured gzip as most of the normalize step.
-dlt owns the raw schema and its state tables; nothing here writes DDL for `raw` but the index
+Each table's Arrow chunks are written once as the CSV file dlt's Postgres loader COPYs (a
+header, nulls as empty fields: what its own Arrow-to-CSV writer writes) and handed to dlt with
+`dlt.mark.with_file_import`: dlt puts the file in its load package as it is and loads it, and
+skips extracting the Arrow into files of its own and normalizing those into CSV (two passes
+over every row, most of dlt's time here). dlt owns the raw schema (from the resource's column
+hints), its state tables and its load packages; nothing here writes DDL for `raw` but the index
 by batch that settling and finding copies read.
 
 A batch whose rows an earlier attempt left whole in raw (a run that was killed, or one that left
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -24,6 +28,7 @@ import dlt
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from psycopg import sql
 
 from loader.db.connect import connect
@@ -69,13 +74,24 @@ def dlt_credentials(url: str) -> str:
     return f"postgresql://{user}:{password}@localhost:{port}/{dbname}?{query}"
 
 
-def raw_resource(table: Table, chunks: Iterable[pa.Table]):
-    """A dlt resource appending Arrow chunks to `raw.<table>`, every column declared as text."""
+def raw_resource(table: Table, chunks: Iterable[pa.Table], folder: Path):
+    """A dlt resource appending Arrow chunks to `raw.<table>`, every column declared as text:
+    the chunks written as one CSV file in `folder`, imported into dlt's load package."""
     hints = {name: {"data_type": "text"} for name in [*table.column_names, *LINEAGE]}
     hints[LINE_NUMBER] = {"data_type": "bigint"}
 
-    def rows() -> Iterator[pa.Table]:
-        yield from chunks
+    def rows() -> Iterator:
+        path, count, writer = folder / f"{table.name}.csv", 0, None
+        try:
+            for chunk in chunks:
+                writer = writer or pa_csv.CSVWriter(str(path), chunk.schema)
+                writer.write_table(chunk)
+                count += chunk.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if count:
+            yield dlt.mark.with_file_import(str(path), "csv", count)
 
     return dlt.resource(rows, name=table.name, write_disposition="append", columns=hints)
 
@@ -86,6 +102,8 @@ class RawLoader:
     def __init__(self, url: str, pipelines_dir: Path):
         configure_dlt()
         self.url = url
+        self.pipelines_dir = pipelines_dir
+        pipelines_dir.mkdir(parents=True, exist_ok=True)
         self.pipeline = dlt.pipeline(
             pipeline_name=PIPELINE_NAME,
             pipelines_dir=str(pipelines_dir),
@@ -108,18 +126,22 @@ class RawLoader:
             raise
 
     def _run(self, chunks_by_table: dict[Table, Iterable[pa.Table]]) -> None:
+        with tempfile.TemporaryDirectory(dir=self.pipelines_dir, prefix="csv-") as folder:
 
-        @dlt.source(name=SOURCE)
-        def csv_exports():
-            return [raw_resource(table, chunks) for table, chunks in chunks_by_table.items()]
+            @dlt.source(name=SOURCE)
+            def csv_exports():
+                return [
+                    raw_resource(table, chunks, Path(folder))
+                    for table, chunks in chunks_by_table.items()
+                ]
 
-        if self._tables_exist(chunks_by_table):
-            self.pipeline.run(csv_exports(), loader_file_format="csv")
-            return
-        # The first load creates raw's tables: two pipelines (a run and the API, or two
-        # workers) doing it at once would collide on the DDL.
-        with connect(self.url, autocommit=True) as conn, schema_lock(conn):
-            self.pipeline.run(csv_exports(), loader_file_format="csv")
+            if self._tables_exist(chunks_by_table):
+                self.pipeline.run(csv_exports(), loader_file_format="csv")
+                return
+            # The first load creates raw's tables: two pipelines (a run and the API, or two
+            # workers) doing it at once would collide on the DDL.
+            with connect(self.url, autocommit=True) as conn, schema_lock(conn):
+                self.pipeline.run(csv_exports(), loader_file_format="csv")
 
     def _tables_exist(self, tables: Iterable[Table]) -> bool:
         with connect(self.url) as conn:

@@ -2,12 +2,15 @@
 definition says line by line: for any file (fields with spaces, tabs and other whitespace
 Python strips, non-ASCII text, bytes that are not UTF-8, NULs, quotes, carriage returns, blank
 lines, a BOM, wrong field counts) and any batch size, the same batches (ids, lines, values,
-decode problems), the same counts, and the same first error, or none."""
+decode problems), the same counts, and the same first error, or none; and the structure check
+a run makes before it lands finds that same first error, or none."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +19,13 @@ from hypothesis import strategies as st
 from loader.flow.errors import InputError
 from loader.flow.model import ReadCounts
 from loader.flow.source import csv_reader
-from loader.flow.source.csv_reader import BOM, decode_line, read_stream, split_fields
+from loader.flow.source.csv_reader import (
+    BOM,
+    check_structure,
+    decode_line,
+    read_stream,
+    split_fields,
+)
 from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES
 
 
@@ -73,6 +82,17 @@ def block_reader(content: bytes, table, batch_size: int, encoding: str = "utf-8"
     return batches, counts, None
 
 
+def structure_error(content: bytes, table) -> str | None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "test.csv"
+        path.write_bytes(content)
+        try:
+            check_structure(path, table)
+        except InputError as error:
+            return str(error).replace(str(path), "test.csv")
+    return None
+
+
 WHITESPACE = ["", " ", "  ", "\t", "\u00a0", "\u3000", "\x85", "\u2003 "]
 TEXT = st.text(
     alphabet=st.sampled_from(list("abcXYZ09 -:.'é漢") + ["\u00a0", "\t", "\x00", "\u200b"]),
@@ -110,6 +130,7 @@ def test_blocks_read_what_the_line_by_line_definition_reads(content, batch_size,
     with pytest.MonkeyPatch.context() as patch:  # small blocks: batches and lines span them
         patch.setattr(csv_reader, "BLOCK_BYTES", block_bytes)
         batches, counts, error = block_reader(content, DEPARTMENTS, batch_size)
+        assert structure_error(content, DEPARTMENTS) == expected[2]
     assert (batches, error) == (expected[0], expected[2])
     if error is None:
         assert counts == expected[1]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +29,8 @@ from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, RUN_ID, SOURCE_FI
 
 BOM = b"\xef\xbb\xbf"
 BLOCK_BYTES = 8 << 20
-NEWLINE, CARRIAGE_RETURN = ord("\n"), ord("\r")
+NEWLINE, CARRIAGE_RETURN, COMMA, QUOTE = ord("\n"), ord("\r"), ord(","), ord('"')
+MAX_ROWS_PER_BATCH = 1000
 # A line needing the slow way even with the right number of commas: a quote, or a control
 # character other than the tab (a NUL, a lone carriage return, the whitespace str.strip knows).
 SPECIAL = '["\\x00-\\x08\\x0a-\\x1f\\x7f]'
@@ -109,18 +111,84 @@ def read_batches(
         digest: a hashlib object fed the file's stored bytes as they are read.
     """
     source = shown_url(str(url))
-    with opened(str(url), digest) as handle:
-        try:
-            yield from read_stream(handle, source, table, batch_size, counts, encoding=encoding)
-        except ARCHIVE_ERRORS as error:
-            reason = f"truncated or corrupt archive ({error})"
-            raise InputError(f"{source}: {reason}", str(url)) from None
-        except OSError as error:
-            reason = error.strerror or error
-            raise InputError(f"{source}: cannot read ({reason})", str(url)) from None
-        except InputError as error:
-            error.source = error.source or str(url)
-            raise
+    with opened(str(url), digest) as handle, _named_errors(str(url), source):
+        yield from read_stream(handle, source, table, batch_size, counts, encoding=encoding)
+
+
+@contextmanager
+def _named_errors(url: str, source: str) -> Iterator[None]:
+    """What goes wrong while reading an export, as one InputError naming it."""
+    try:
+        yield
+    except ARCHIVE_ERRORS as error:
+        reason = f"truncated or corrupt archive ({error})"
+        raise InputError(f"{source}: {reason}", url) from None
+    except OSError as error:
+        reason = error.strerror or error
+        raise InputError(f"{source}: cannot read ({reason})", url) from None
+    except InputError as error:
+        error.source = error.source or url
+        raise
+
+
+def check_structure(
+    url: str | Path,
+    table: Table,
+    encoding: str = DEFAULT_ENCODING,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Raise the InputError `read_batches` would raise reading the export at `url` (a wrong
+    field count, bad quoting, an unreadable file), or nothing: the same blocks, with numpy
+    counting each line's commas and quotes; only the lines that are quoted, blank or of
+    another count go through `split_fields`, as the reader sends them. Stops early (saying
+    nothing) once `stop()` is true."""
+    source = shown_url(str(url))
+    with opened(str(url)) as handle, _named_errors(str(url), source):
+        if not _ascii_compatible(encoding):  # commas are not single bytes: read it all
+            for _ in read_stream(handle, source, table, MAX_ROWS_PER_BATCH, encoding=encoding):
+                if stop():
+                    return
+            return
+        line = 1
+        for block in _blocks(handle):
+            if stop():
+                return
+            if line == 1 and block.startswith(BOM):
+                block = block[len(BOM) :]
+                if not block:
+                    break
+            line += _check_block(block, table, source, line, encoding)
+
+
+def _check_block(block: bytes, table: Table, source: str, first_line: int, encoding: str) -> int:
+    """Raise the block's first structure error; return its number of lines."""
+    buffer, starts, ends, _ = _lines_of(block)
+    commas = np.add.reduceat(buffer == COMMA, starts, dtype=np.int64)
+    quoted = np.logical_or.reduceat(buffer == QUOTE, starts)
+    for index in np.flatnonzero(quoted | (commas != len(table.columns) - 1)).tolist():
+        stripped = block[starts[index] : ends[index]]
+        if stripped.strip():
+            decoded, _ = decode_line(stripped, encoding)
+            split_fields(decoded, table, f"{source}, line {first_line + index}")
+    return len(starts)
+
+
+def _lines_of(block: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The block as bytes, where each of its lines starts, where its text ends (before its
+    line break and the carriage returns before it: `rstrip(b"\r\n")`), and the lines'
+    bounds (starts, then the block's end)."""
+    buffer = np.frombuffer(block, dtype=np.uint8)
+    breaks = np.flatnonzero(buffer == NEWLINE)
+    starts = np.concatenate(([0], breaks + 1)).astype(np.int64)
+    if starts[-1] == len(block):  # the block ends with a line break: no line after it
+        starts = starts[:-1]
+    bounds = np.append(starts, len(block))
+    ends = np.append(breaks, len(block))[: len(starts)]
+    while True:
+        returns = (ends > starts) & (buffer[np.maximum(ends - 1, 0)] == CARRIAGE_RETURN)
+        if not returns.any():
+            return buffer, starts, ends, bounds
+        ends = ends - returns
 
 
 def read_stream(
@@ -208,18 +276,7 @@ def parse_block(block: bytes, table: Table, source: str, first_line: int, encodi
     Python (`str.strip` knows more whitespace than Arrow's ASCII trim), so both ways give the
     same values.
     """
-    buffer = np.frombuffer(block, dtype=np.uint8)
-    breaks = np.flatnonzero(buffer == NEWLINE)
-    starts = np.concatenate(([0], breaks + 1)).astype(np.int64)
-    if starts[-1] == len(block):  # the block ends with a line break: no line after it
-        starts = starts[:-1]
-    bounds = np.append(starts, len(block))
-    ends = np.append(breaks, len(block))[: len(starts)]
-    while True:  # strip the carriage returns before each line break (`rstrip(b"\r\n")`)
-        returns = (ends > starts) & (buffer[np.maximum(ends - 1, 0)] == CARRIAGE_RETURN)
-        if not returns.any():
-            break
-        ends = ends - returns
+    buffer, starts, ends, bounds = _lines_of(block)
     lines = len(starts)
     offsets = pa.py_buffer(bounds.astype(np.int32))
     raw = pa.Array.from_buffers(pa.binary(), lines, [None, offsets, pa.py_buffer(block)])
