@@ -28,7 +28,7 @@ from loader.flow.source.exports import ARCHIVE_ERRORS, opened, shown_url
 from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, RUN_ID, SOURCE_FILE, Table
 
 BOM = b"\xef\xbb\xbf"
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 2 << 20
 NEWLINE, CARRIAGE_RETURN, COMMA, QUOTE = ord("\n"), ord("\r"), ord(","), ord('"')
 MAX_ROWS_PER_BATCH = 1000
 # A line needing the slow way even with the right number of commas: a quote, or a control
