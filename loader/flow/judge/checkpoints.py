@@ -36,6 +36,9 @@ class InProcessGate:
         # GX logs every expectation it cannot render at WARNING; its results say what failed.
         logging.getLogger("great_expectations").setLevel(logging.ERROR)
         self.context = open_context(context_dir, state_dir)
+        # Each table's checkpoint read from the store once per gate, not once per chunk (a
+        # checkpoint run still checks that it matches the store: GX's `is_fresh`).
+        self._checkpoints: dict[str, object] = {}
         self.validated: list = []  # result identifiers of this gate's validations
 
     def build_docs(self) -> Path:
@@ -72,7 +75,9 @@ class InProcessGate:
         verdict per batch id."""
         frame = validation_frame(table, chunk)
         parameters = {known_ids_parameter(name): ids for name, ids in known_ids.items()}
-        result = self.context.checkpoints.get(table.name).run(
+        if table.name not in self._checkpoints:
+            self._checkpoints[table.name] = self.context.checkpoints.get(table.name)
+        result = self._checkpoints[table.name].run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=parameters,
             run_id=RunIdentifier(run_name=run_name(chunk)),
