@@ -16,7 +16,7 @@ any step.
 
 `peak_pss_mb` is what the machine holds for the step at once: the highest sum, over the step's
 processes alive at one moment (its own, unless it only drives programs, and every process it
-started, theirs included: a run's gate and pre-scan, a server's), of their proportional set
+started, theirs included: a run's gate process, a server's), of their proportional set
 size, read from /proc/<pid>/smaps_rollup every PSS_WATCH_SECONDS. Pss shares each page among
 the processes that map it, so a forked child's untouched pages are not counted twice, as an RSS
 sum would count them.

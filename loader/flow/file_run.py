@@ -5,8 +5,9 @@ lock, then the data docs and the marts; in this process (`LoadHere`) or on Dask
 Files the file ledger says are loaded and unchanged are not read (`source.file_ledger`); a run
 with nothing new opens and closes its row without starting a gate or a dlt pipeline. A file
 that is not the table it claims to be (wrong field count, unclosed quote) stops the run with
-nothing written: a file run lands nothing until `source.prescan.StructureCheck`, reading every
-file in a process of its own, has found the input whole.
+nothing written: a file run lands nothing until `source.prescan.StructureCheck`, checking every
+file's structure beside the run's reading, has found the input whole (or the run has read it
+whole itself).
 """
 
 from __future__ import annotations
