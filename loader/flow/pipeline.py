@@ -148,6 +148,9 @@ class Run:
         self.seconds = dict.fromkeys(RUN_STAGES, 0.0)
         self.started = time.perf_counter()
         self.summary = self.new_summary(label)
+        # Per-chunk statements over raw (finding copies) would be JIT-compiled once raw is large
+        # (see `settle.engine`): tens of milliseconds for a millisecond's work.
+        conn.execute("set jit = off")
         open_run(conn, self.run_id, label, batch_size, self.policy)
         self.observers = observers or Observers()
         self.observed = self.observers.start(
