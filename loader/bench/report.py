@@ -23,6 +23,7 @@ from rich.table import Table as RichTable
 from loader.bench.measure import Measurement
 
 SECONDS, THROUGHPUT = "seconds", "rows/s"
+TABLE_WIDTH = 140
 # The workers of `run --workers N` whose LocalCluster run (LOADER_WORKERS) the bench measures
 # against the in-process one (`loader`): what more workers than one buy on the machine.
 WORKERS = 2
@@ -183,4 +184,5 @@ def render(console: Console, title: str, results: list[Result]) -> None:
             "" if result.ratio is None else f"{result.ratio:.2f}",
             against(result),
         )
-    console.print(grid)
+    # Never wrapped: piped or in CI (80 columns), a wrapped row no longer reads as one line.
+    console.print(grid, width=max(console.width, TABLE_WIDTH))
