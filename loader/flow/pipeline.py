@@ -6,11 +6,12 @@ The drivers differ only in where batches come from and which lock they hold whil
 gathers the request bodies waiting at a moment under their batches' locks, `cluster` spreads
 reading, judging and landing over Dask workers. Everything after that is `Run`.
 
-Each table is read once, streaming: chunks of whole batches (`source.chunks`) are judged by the
-gate one chunk ahead, landed in raw by dlt every `land_rows` rows, and settled by a settle line
-while the next chunks are judged, so memory holds a few chunks whatever the input's size. A
-table's chunks are all judged before the next table's go to the gate, so a hire is judged
-against every department the run accepted.
+Each table is read once, streaming: chunks of whole batches (`source.chunks`) go to the gate as
+they are read (at most JUDGE_AHEAD waiting for their verdicts), land in raw by dlt every
+`land_rows` rows whether judged yet or not, and are settled by a settle line once landed and
+judged, while the next chunks are read and judged; memory holds a few chunks whatever the
+input's size. A table's chunks are all judged before the next table's go to the gate, so a hire
+is judged against every department the run accepted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
@@ -62,6 +64,9 @@ Progress = Callable[[str, int], None]
 # A batch landed in raw and judged, ready to settle.
 Landed = tuple[Table, BatchInfo, Verdict, Keys]
 
+# Chunks sent to the gate and not yet judged, at most: enough that the gate never waits for a
+# land, few enough that the run's memory does not grow while the gate is slower than reading.
+JUDGE_AHEAD = 3
 # A land also closes at this many batches: with one-row batches a land of rows alone would hold
 # 100,000 batches' objects until settled (see `source.chunks`).
 LAND_BATCHES = 20_000
@@ -83,6 +88,8 @@ class Chunk:
     parents: list[RawBatch]
     judged: Future[Judged] | None = None
     verdicts: dict[str, Verdict] = field(default_factory=dict)
+    is_landed: bool = False
+    is_judged: bool = False
 
 
 def known_ids(conn: psycopg.Connection, tables: Iterable[Table]) -> dict[str, list[int]]:
@@ -257,26 +264,35 @@ class Run:
         structure_checked: Callable[[], None],
         settle: Callable[[list[Landed]], None],
     ) -> None:
-        """Read and judge chunk by chunk; land what was judged when `land_rows` rows or
-        LAND_BATCHES batches wait (only once the structure is checked: the input is not read
-        whole yet), then hand the landed batches to `settle`."""
-        waiting: list[Chunk] = []
-        waiting_rows = waiting_batches = 0
-        for chunk in self._judged_chunks(sources, ledger, known):
-            waiting.append(chunk)
-            waiting_rows += chunk.rows.num_rows
-            waiting_batches += len(chunk.infos)
-            if waiting_rows >= self.settings.land_rows or waiting_batches >= LAND_BATCHES:
+        """Read chunk by chunk, each sent to the gate as it is read; land what was read when
+        `land_rows` rows or LAND_BATCHES batches wait (only once the structure is checked: the
+        input is not read whole yet), whether judged or not; hand each chunk to `settle` once
+        it is both landed and judged, in reading order.
+
+        Landing does not wait for verdicts (raw keeps every row, judged or not): the run lands
+        while the gate imports GX and while it judges a chunk full of failing rows, instead of
+        waiting idle. At most JUDGE_AHEAD chunks wait for the gate, so memory holds a few
+        chunks whatever the input's size; a table's chunks are all judged before the next
+        table's go to the gate (they may reference its ids).
+        """
+        flowing: deque[Chunk] = deque()  # read, not yet settled
+        unlanded_rows = unlanded_batches = 0
+        for chunk in self._read_chunks(sources, ledger, known):
+            flowing.append(chunk)
+            unlanded_rows += chunk.rows.num_rows
+            unlanded_batches += len(chunk.infos)
+            if unlanded_rows >= self.settings.land_rows or unlanded_batches >= LAND_BATCHES:
                 structure_checked()
-                self._land(waiting)
-                settle(_ready_to_settle(waiting))
-                waiting, waiting_rows, waiting_batches = [], 0, 0
+                self._land([waiting for waiting in flowing if not waiting.is_landed])
+                unlanded_rows = unlanded_batches = 0
+            self._advance(flowing, known, ahead=JUDGE_AHEAD)
+            settle(_ready_to_settle(_leaving(flowing)))
         # Every file has been read whole by this run's own reader (a malformed one would have
-        # raised): the structure check has nothing left to say. The input is whole and judged:
-        # the gate builds the data docs while the rest lands.
-        self.docs = self.gate.submit_docs()
-        self._land(waiting)
-        settle(_ready_to_settle(waiting))
+        # raised): the structure check has nothing left to say. The rest lands while the gate
+        # judges the last chunks, then builds the data docs while they settle.
+        self._land([waiting for waiting in flowing if not waiting.is_landed])
+        self._advance(flowing, known, ahead=0, docs=True)
+        settle(_ready_to_settle(_leaving(flowing)))
 
     def _land_while_judged(
         self,
@@ -298,35 +314,55 @@ class Run:
             landed += _ready_to_settle(chunks)
         return landed
 
-    def _judged_chunks(
+    def _read_chunks(
         self,
         sources: dict[Table, Source],
         ledger: dict[str, BatchState],
         known: dict[str, list[int]],
     ) -> Iterator[Chunk]:
-        """Every table's chunks with their verdicts, judged one ahead: the gate judges a chunk
-        while the next one is read (and, with a `ForkedGate`, while the last one lands)."""
-        ahead: Chunk | None = None
+        """Every table's chunks, in order, as they are read."""
         for table, (_, batches) in sources.items():
-            for chunk in self._chunks(table, batches, ledger, known):
-                if ahead is not None and ahead.table is not table:
-                    yield self._with_verdicts(ahead, known)
-                    ahead = None
-                self._submit(chunk, known)
-                if ahead is not None:
-                    yield self._with_verdicts(ahead, known)
-                ahead = chunk
-        if ahead is not None:
-            yield self._with_verdicts(ahead, known)
+            yield from self._chunks(table, batches, ledger, known)
 
-    def _land(self, submitted: list[Chunk]) -> None:
+    def _advance(
+        self, flowing: deque[Chunk], known: dict[str, list[int]], ahead: int, docs: bool = False
+    ) -> None:
+        """Send the gate every chunk it may judge now, take the verdicts that are in, and wait
+        for the oldest until at most `ahead` chunks wait for one. With `docs`, the data docs
+        are asked for once every chunk is sent: the gate builds them while the last settle."""
+        while True:
+            self._submit_ready(flowing, known)
+            sent = all(chunk.judged is not None or chunk.is_judged for chunk in flowing)
+            if docs and self.docs is None and sent:
+                self.docs = self.gate.submit_docs()
+            unjudged = [chunk for chunk in flowing if not chunk.is_judged]
+            if not unjudged or (len(unjudged) <= ahead and not unjudged[0].judged.done()):
+                return
+            self._with_verdicts(unjudged[0], known)
+
+    def _submit_ready(self, flowing: deque[Chunk], known: dict[str, list[int]]) -> None:
+        """Send the gate, in reading order, each chunk whose earlier tables are all judged
+        (its references are checked against the ids they accept)."""
+        waiting: set[str] = set()  # tables with a chunk not yet judged
+        for chunk in flowing:
+            if chunk.is_judged:
+                continue
+            if chunk.judged is None:
+                if waiting - {chunk.table.name}:
+                    return
+                self._submit(chunk, known)
+            waiting.add(chunk.table.name)
+
+    def _land(self, chunks_read: list[Chunk]) -> None:
         """The chunks' rows into raw in one dlt run, but for batches with a raw copy already;
-        the rows are dropped from the chunks once landed."""
+        the rows are dropped from the chunks once landed and sent to the gate."""
         started = time.perf_counter()
         chunks: dict[Table, list[pa.Table]] = {}
-        for chunk in submitted:
+        for chunk in chunks_read:
             rows = without_copies(chunk.rows, chunk.landed)
-            chunk.rows = rows.slice(0, 0)
+            chunk.is_landed = True
+            if chunk.judged is not None or chunk.is_judged:  # the gate has them: not needed
+                chunk.rows = rows.slice(0, 0)
             if rows.num_rows:
                 chunks.setdefault(chunk.table, []).append(rows)
         if chunks:
@@ -398,12 +434,14 @@ class Run:
         }
         batch_ids = [info.batch_id for info in chunk.infos]
         chunk.judged = self.gate.submit(chunk.table, chunk.rows, batch_ids, referenced)
+        if chunk.is_landed:
+            chunk.rows = chunk.rows.slice(0, 0)
 
     def _with_verdicts(self, chunk: Chunk, known: dict[str, list[int]]) -> Chunk:
         """Wait for the chunk's verdicts and take them in: the ids a parent table's batches
         accept, the counts, and the rows still to land."""
         judged = chunk.judged.result()
-        chunk.judged, chunk.verdicts = None, judged.verdicts
+        chunk.judged, chunk.verdicts, chunk.is_judged = None, judged.verdicts, True
         self.seconds[Stage.VALIDATE] += judged.seconds
         self.kill.reach(AFTER_VERDICT)
         for batch in chunk.parents:
@@ -423,6 +461,15 @@ class Run:
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = {**settlement.record(self.run_id), "failing_rows": settlement.rejected_rows}
         path.write_text(json.dumps(entry, indent=2))
+
+
+def _leaving(flowing: deque[Chunk]) -> list[Chunk]:
+    """The chunks at the head of `flowing` that are landed and judged, taken out of it: each
+    settles after every chunk read before it."""
+    leaving = []
+    while flowing and flowing[0].is_landed and flowing[0].is_judged:
+        leaving.append(flowing.popleft())
+    return leaving
 
 
 def _ready_to_settle(chunks: list[Chunk]) -> list[Landed]:

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.database, pytest.mark.faults]
 # (kill point, pass at which to die, batches the killed run leaves settled). The small sample
 # is 1 + 1 + 30 batches (departments, jobs, hires), judged in three chunks, one per table.
 KILLS = [
-    ("after_verdict", 3, 0),  # the hires judged, nothing landed in raw yet
+    ("after_verdict", 3, 0),  # the hires judged, nothing settled
     ("after_raw_load", 1, 0),  # everything landed in raw, nothing settled
     ("before_commit", 20, 19),  # the 20th settlement written but not committed
     ("after_commit", 20, 20),  # the 20th settlement committed, the 21st not begun

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import Future
 
 import psycopg
 import pytest
 
 from loader.flow.errors import InputError
 from loader.flow.file_run import run_files
+from loader.flow.judge.checkpoints import InProcessGate
 from loader.sample import write_sample
+from loader.settings import EXPECTATIONS_DIR
 from loader.tables import TABLES
 from tests.conftest import settings_for
 
@@ -268,3 +271,66 @@ def test_a_malformed_last_line_writes_nothing_though_earlier_chunks_were_judged(
         assert conn.execute("select count(*) from audit.batches").fetchone()[0] == 0
         for table in TABLES:
             assert conn.execute(f'select count(*) from core."{table.name}"').fetchone()[0] == 0
+
+
+class HeldVerdict(Future):
+    """A verdict the gate gives only when the run asks for it (`result`), never before:
+    whatever the run does before asking, it does while the gate has said nothing."""
+
+    def __init__(self, judge, asked):
+        super().__init__()
+        self.judge, self.asked = judge, asked
+
+    def result(self, timeout=None):
+        if not self.done():
+            self.asked()
+            self.set_result(self.judge().result())
+        return super().result(timeout)
+
+
+class HoldingGate:
+    """The real in-process gate, holding every verdict until the run asks for it, and noting
+    how many hires raw holds each time the run asks for a hires verdict."""
+
+    def __init__(self, url, state):
+        self.url = url
+        self.gate = InProcessGate(EXPECTATIONS_DIR, state)
+        self.raw_hires_when_asked: list[int] = []
+
+    def submit(self, table, chunk, batch_ids, known_ids):
+        def asked():
+            if table.name == "hired_employees":
+                self.raw_hires_when_asked.append(raw_hires(self.url))
+
+        return HeldVerdict(lambda: self.gate.submit(table, chunk, batch_ids, known_ids), asked)
+
+    def submit_docs(self):
+        return self.gate.submit_docs()
+
+    def build_docs(self):
+        return self.gate.build_docs()
+
+    def close(self):
+        self.gate.close()
+
+
+def raw_hires(url) -> int:
+    try:
+        return scalar(url, "select count(*) from raw.hired_employees")
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def test_the_run_lands_chunks_before_the_gate_gives_their_verdicts(clean, tmp_path):
+    write_sample(tmp_path / "in", rows=5000)
+    settings = settings_for(
+        clean, tmp_path / "state", tmp_path / "in", build_marts=False, **SMALL_CHUNKS
+    )
+    gate = HoldingGate(clean, settings.gx_state_dir)
+    summary = run_files(settings, gate=gate)
+    assert gate.raw_hires_when_asked[0] >= 2 * SMALL_CHUNKS["chunk_rows"], (
+        "the run landed the first hires chunks before it asked for their verdicts"
+    )
+    assert summary.total("rows_promoted") + summary.total("rows_held_back") == 5000 + 132
+    assert summary.total("batches_waiting") == 0
+    assert raw_hires(clean) == 5000

@@ -12,8 +12,8 @@ import os
 import signal
 import threading
 
-AFTER_VERDICT = "after_verdict"  # a chunk judged by GX (in a file run, not yet handed to dlt)
-AFTER_RAW_LOAD = "after_raw_load"  # a land of judged chunks in raw, not handed to settling
+AFTER_VERDICT = "after_verdict"  # a chunk's verdicts taken from GX, its batches not settled
+AFTER_RAW_LOAD = "after_raw_load"  # a land of chunks in raw, not handed to settling
 BEFORE_COMMIT = "before_commit"  # a batch's rows and ledger row written, not committed
 AFTER_COMMIT = "after_commit"  # a batch's settlement committed, the next not begun
 POINTS = (AFTER_VERDICT, AFTER_RAW_LOAD, BEFORE_COMMIT, AFTER_COMMIT)
