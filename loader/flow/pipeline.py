@@ -25,13 +25,13 @@ from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psycopg
 import pyarrow as pa
 from psycopg import sql
 
 from loader.db.connect import reason_of
+from loader.flow.judge.gate import Gate, judged_part
 from loader.flow.land import RawLoader, raw_copies, without_copies
 from loader.flow.ledger import close_run, new_run_id, open_run
 from loader.flow.model import (
@@ -56,9 +56,6 @@ from loader.flow.summary import RUN_STAGES, RunSummary, Stage, TableSummary
 from loader.observe.events import Finished, Job, Observers, describe, ending_of
 from loader.settings import Policy, Settings
 from loader.tables import Table
-
-if TYPE_CHECKING:  # a gate's module imports GX: only the drivers that make one need it
-    from loader.flow.judge.gate import Gate
 
 Progress = Callable[[str, int], None]
 # A batch landed in raw and judged, ready to settle.
@@ -433,7 +430,8 @@ class Run:
             column.references: list(known[column.references]) for column in chunk.table.foreign_keys
         }
         batch_ids = [info.batch_id for info in chunk.infos]
-        chunk.judged = self.gate.submit(chunk.table, chunk.rows, batch_ids, referenced)
+        rows = judged_part(chunk.table, chunk.rows)
+        chunk.judged = self.gate.submit(chunk.table, rows, batch_ids, referenced)
         if chunk.is_landed:
             chunk.rows = chunk.rows.slice(0, 0)
 

@@ -17,7 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader.flow.model import Judged, Verdict
-from loader.tables import LINE_NUMBER, RUN_ID, Table
+from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, RUN_ID, Table
+
+# The lineage a checkpoint reads: which line of which batch a failing row is, and why it could
+# not be decoded.
+JUDGED_LINEAGE = (LINE_NUMBER, BATCH_ID, DECODE_ERROR)
 
 
 def judged_now(check: Callable[..., dict[str, Verdict]], *arguments) -> Future[Judged]:
@@ -27,6 +31,14 @@ def judged_now(check: Callable[..., dict[str, Verdict]], *arguments) -> Future[J
     verdicts = check(*arguments)
     future.set_result(Judged(verdicts, time.perf_counter() - started))
     return future
+
+
+def judged_part(table: Table, chunk: pa.Table) -> pa.Table:
+    """What a gate reads of a chunk: the fields, JUDGED_LINEAGE, and the run id for the data
+    docs' run name, dictionary-encoded; not the file name. A chunk waits for the gate (up to
+    `pipeline.JUDGE_AHEAD` of them) and is pickled to its process: about a third smaller."""
+    part = chunk.select([*table.column_names, *JUDGED_LINEAGE])
+    return part.append_column(RUN_ID, pc.dictionary_encode(chunk[RUN_ID]))
 
 
 def run_name(chunk: pa.Table) -> str | None:

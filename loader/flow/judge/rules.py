@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from great_expectations.expectations.row_conditions import Column as RowColumn
 
+from loader.flow.judge.gate import JUDGED_LINEAGE
 from loader.flow.model import BEYOND_MICROSECONDS, reference_rule
 from loader.settings import MAX_BATCH_SIZE
-from loader.tables import BATCH_ID, DECODE_ERROR, LINE_NUMBER, POSTGRES_INTEGER_MAX, Table
+from loader.tables import BATCH_ID, DECODE_ERROR, POSTGRES_INTEGER_MAX, Table
 
 ASCII_DIGITS = r"^[0-9]+$"
 # An ISO-8601 instant: calendar date, 'T', time with seconds, an optional fraction of up to nine
@@ -178,7 +179,7 @@ def _batch_rows(batch_ids: pa.ChunkedArray) -> np.ndarray:
 
 def validation_frame(table: Table, chunk: pa.Table) -> pd.DataFrame:
     """The frame GX validates: the raw chunk (fields as text, lineage) plus helper columns."""
-    frame = chunk.select([*table.column_names, LINE_NUMBER, BATCH_ID, DECODE_ERROR]).to_pandas()
+    frame = chunk.select([*table.column_names, *JUDGED_LINEAGE]).to_pandas()
     frame[BATCH_ROWS] = _batch_rows(chunk[BATCH_ID])
     for column in table.columns:
         if column.kind == "integer":
