@@ -16,6 +16,7 @@ it waiting or failed) is not landed again: its copy is settled instead (`raw_cop
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -96,6 +97,29 @@ def raw_resource(table: Table, chunks: Iterable[pa.Table], folder: Path):
     return dlt.resource(rows, name=table.name, write_disposition="append", columns=hints)
 
 
+def with_fixed_capabilities(destination):
+    """`destination` answering dlt's requests for its capabilities from the first answer.
+
+    dlt asks about fifteen times a load, and each time resolves the destination's whole
+    configuration from every config provider: 30% of a 1000-row land (0.13 s to 0.09 s,
+    measured). Asked without a configuration, the answer depends only on how the destination
+    was made and on the naming convention's kind, which do not change for a loader's life;
+    asked with one, dlt works it out as before. Each caller gets its own copy."""
+    ask = destination.capabilities
+    known: dict[tuple, object] = {}
+
+    def capabilities(config=None, naming=None):
+        if config is not None:
+            return ask(config, naming)
+        kind = (type(naming), getattr(naming, "max_length", None))
+        if kind not in known:
+            known[kind] = ask(None, naming)
+        return copy.copy(known[kind])
+
+    destination.capabilities = capabilities
+    return destination
+
+
 class RawLoader:
     """Loads the Arrow chunks of all tables into raw in one dlt run (one load package)."""
 
@@ -107,7 +131,9 @@ class RawLoader:
         self.pipeline = dlt.pipeline(
             pipeline_name=PIPELINE_NAME,
             pipelines_dir=str(pipelines_dir),
-            destination=dlt.destinations.postgres(credentials=dlt_credentials(url)),
+            destination=with_fixed_capabilities(
+                dlt.destinations.postgres(credentials=dlt_credentials(url))
+            ),
             dataset_name=DATASET,
         )
         self.discard()
