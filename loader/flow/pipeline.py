@@ -63,7 +63,7 @@ Landed = tuple[Table, BatchInfo, Verdict, Keys]
 
 # Chunks sent to the gate and not yet judged, at most: enough that the gate never waits for a
 # land, few enough that the run's memory does not grow while the gate is slower than reading.
-JUDGE_AHEAD = 3
+JUDGE_AHEAD = 6
 # A land also closes at this many batches: with one-row batches a land of rows alone would hold
 # 100,000 batches' objects until settled (see `source.chunks`).
 LAND_BATCHES = 20_000

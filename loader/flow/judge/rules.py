@@ -179,7 +179,13 @@ def _batch_rows(batch_ids: pa.ChunkedArray) -> np.ndarray:
 
 def validation_frame(table: Table, chunk: pa.Table) -> pd.DataFrame:
     """The frame GX validates: the raw chunk (fields as text, lineage) plus helper columns."""
-    frame = chunk.select([*table.column_names, *JUDGED_LINEAGE]).to_pandas()
+    chunk = chunk.select([*table.column_names, *JUDGED_LINEAGE])
+    # Lineage comes dictionary-encoded (`csv_reader.to_arrow`): as text, not pandas categories,
+    # so that GX compares and reports the values themselves.
+    for index, column in enumerate(chunk.schema):
+        if pa.types.is_dictionary(column.type):
+            chunk = chunk.set_column(index, column.name, pc.cast(chunk[index], pa.string()))
+    frame = chunk.to_pandas()
     frame[BATCH_ROWS] = _batch_rows(chunk[BATCH_ID])
     for column in table.columns:
         if column.kind == "integer":

@@ -51,9 +51,10 @@ class Gathering:
         return self.rows >= chunk_rows or len(self.infos) >= CHUNK_BATCHES
 
     def arrow(self) -> pa.Table:
-        """The rows gathered, as one table (of several Arrow chunks, not copied together)."""
+        """The rows gathered, as one table (of several Arrow chunks, not copied together; their
+        lineage dictionaries merged into one, which Arrow's grouping needs)."""
         self._convert()
-        return pa.concat_tables(self.pieces)
+        return pa.concat_tables(self.pieces).unify_dictionaries()
 
     def _convert(self) -> None:
         if self.unconverted:
