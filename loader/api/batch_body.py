@@ -12,7 +12,8 @@ from pydantic import TypeAdapter, ValidationError
 from loader.api.schemas import ROW_MODELS
 from loader.flow.errors import InputError
 from loader.flow.model import RawBatch
-from loader.flow.source.csv_reader import batch_id, escape_text, read_stream
+from loader.flow.source.csv_reader import batch_id, read_stream
+from loader.flow.source.lines import escape_text
 from loader.settings import MAX_BATCH_SIZE
 from loader.tables import Table
 

@@ -18,14 +18,9 @@ from hypothesis import strategies as st
 
 from loader.flow.errors import InputError
 from loader.flow.model import ReadCounts
-from loader.flow.source import csv_reader
-from loader.flow.source.csv_reader import (
-    BOM,
-    check_structure,
-    decode_line,
-    read_stream,
-    split_fields,
-)
+from loader.flow.source import blocks
+from loader.flow.source.csv_reader import BOM, check_structure, read_stream
+from loader.flow.source.lines import decode_line, split_fields
 from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES
 
 
@@ -128,7 +123,7 @@ def files(draw) -> bytes:
 def test_blocks_read_what_the_line_by_line_definition_reads(content, batch_size, block_bytes):
     expected = line_by_line(content, DEPARTMENTS, batch_size)
     with pytest.MonkeyPatch.context() as patch:  # small blocks: batches and lines span them
-        patch.setattr(csv_reader, "BLOCK_BYTES", block_bytes)
+        patch.setattr(blocks, "BLOCK_BYTES", block_bytes)
         batches, counts, error = block_reader(content, DEPARTMENTS, batch_size)
         assert structure_error(content, DEPARTMENTS) == expected[2]
     assert (batches, error) == (expected[0], expected[2])

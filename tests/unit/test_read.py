@@ -6,7 +6,8 @@ import pytest
 
 from loader.flow.errors import InputError
 from loader.flow.model import ReadCounts
-from loader.flow.source.csv_reader import NOT_UTF8, NUL_BYTE, read_batches
+from loader.flow.source.csv_reader import read_batches
+from loader.flow.source.lines import NOT_UTF8, NUL_BYTE
 from loader.tables import DEPARTMENTS, HIRED_EMPLOYEES
 
 ROW = b"1,Ana Silva,2021-03-01T10:00:00Z,2,3"

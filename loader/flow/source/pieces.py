@@ -21,8 +21,9 @@ from typing import BinaryIO
 
 from loader.flow.errors import InputError
 from loader.flow.model import RawBatch, ReadCounts
-from loader.flow.source.csv_reader import BOM, DEFAULT_ENCODING, read_stream
+from loader.flow.source.csv_reader import BOM, read_stream
 from loader.flow.source.exports import opened, shown_url, stored
+from loader.flow.source.lines import DEFAULT_ENCODING
 from loader.tables import Table
 
 PIECE_BYTES = 16 * 1024 * 1024  # per counting task: a fraction of a second to count

@@ -17,8 +17,9 @@ import threading
 from contextlib import suppress
 
 from loader.flow.errors import ExportGone
-from loader.flow.source.csv_reader import DEFAULT_ENCODING, check_structure
+from loader.flow.source.csv_reader import check_structure
 from loader.flow.source.exports import Export
+from loader.flow.source.lines import DEFAULT_ENCODING
 
 # About 20,000 rows of hired_employees uncompressed, or 150,000 gzipped: an input this small is
 # usually read whole before the first land (`Settings.land_rows` rows) is due.
