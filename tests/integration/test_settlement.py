@@ -102,6 +102,13 @@ def rules_that_miss(monkeypatch, line):
     monkeypatch.setattr(InProcessGate, "check", forgetful)
 
 
+def hires_settled(url):
+    """The hires' batches in the ledger: (status, rows promoted) each."""
+    return rows(
+        url, "select status, rows_promoted from audit.batches where table_name = 'hired_employees'"
+    )
+
+
 @pytest.mark.parametrize(
     ("policy", "status", "promoted"),
     [("reject_batch", "rejected", 0), ("quarantine_rows", "partially_promoted", 3)],
@@ -114,10 +121,7 @@ def test_a_value_postgresql_refuses_is_logged_as_a_row_failure_with_its_message(
     rules_that_miss(monkeypatch, line=3)
     folder = write_input(tmp_path / "in", ["1,Sales"], ["1,Clerk"], lines)
     run(clean, tmp_path, folder, policy=policy)
-    assert rows(
-        clean,
-        "select status, rows_promoted from audit.batches where table_name = 'hired_employees'",
-    ) == [(status, promoted)]
+    assert hires_settled(clean) == [(status, promoted)]
     (failures,) = rows(clean, "select line_number, failures from audit.rejected_rows")
     assert failures[0] == 3
     (failure,) = failures[1]
@@ -139,10 +143,7 @@ def test_a_reference_to_a_missing_parent_never_reaches_core_whoever_checks_it(
     rules_that_miss(monkeypatch, line=3)
     folder = write_input(tmp_path / "in", ["1,Sales"], ["1,Clerk"], lines)
     run(clean, tmp_path, folder, policy=policy)
-    assert rows(
-        clean,
-        "select status, rows_promoted from audit.batches where table_name = 'hired_employees'",
-    ) == [("waiting", promoted)]
+    assert hires_settled(clean) == [("waiting", promoted)]
     (failures,) = rows(clean, "select line_number, failures from audit.rejected_rows")
     assert failures[0] == 3
     assert [(f["field"], f["rule"]) for f in failures[1]] == [
