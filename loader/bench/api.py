@@ -1,8 +1,9 @@
 """The API under load: `python -m loader serve` on a free loopback port, then batches of up to
 1000 hired_employees lines sent as `text/csv` from a few client threads at once.
 
-The server starts before the clock does; the clock stops at the last answer. Every answer must
-be 2xx (201 promoted, 200 judged and held back), else the step fails. The peak memory is the
+The server starts, its gate process warm (GX imported: `/readyz` says so), before the clock
+does; the clock stops at the last answer. Every answer must be 2xx (201 promoted, 200 judged
+and held back), else the step fails. The peak memory is the
 server's: it is the process doing the work.
 
 `api_latency_p95` sends the same bodies one at a time, each waiting for the last answer, and
@@ -63,10 +64,12 @@ def start_server(url: str, state: Path, token: str, log: Path) -> tuple[subproce
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline and server.poll() is None:
         try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+            ready = httpx.get(f"{base}/readyz", timeout=2).json()
+            if ready.get("checks", {}).get("gate") == "ok":  # warm: GX imported
                 return server, base
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     server.kill()
     server.wait()
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]

@@ -95,9 +95,14 @@ class RequestSettler:
         self.last_answered, self.last_seconds, self.answered_at = 0, 0.0, 0.0
         self.thread = threading.Thread(target=self._settle_waiting, name="requests", daemon=True)
 
-    def gate_alive(self) -> bool:
-        """Whether the gate process is running (a dead one is replaced at the next request)."""
-        return self.gate.alive()
+    def gate_state(self) -> str:
+        """ "ok" once the gate process runs with GX imported; else what it is doing (a dead one
+        is replaced at the next request)."""
+        if not self.gate.alive():
+            return "the gate process is not running"
+        if not self.gate.warm():
+            return "starting: the gate process is importing Great Expectations"
+        return "ok"
 
     def start(self) -> None:
         self.thread.start()

@@ -72,7 +72,12 @@ def test_stale_marts_are_not_ready_until_built_and_liveness_stays_ok(loaded):
         httpx.Client(base_url=base, timeout=30) as client,
     ):
         stale = until(
-            lambda: (answer := readiness(client)).status_code == 503 and answer, "marts stale"
+            lambda: (
+                (answer := readiness(client)).status_code == 503
+                and answer.json()["checks"]["gate"] == "ok"
+                and answer
+            ),
+            "marts stale, the gate warm",
         )
         assert stale.headers["Retry-After"] == "5"
         body = stale.json()
@@ -107,7 +112,8 @@ def test_a_dead_gate_and_a_missing_migration_are_named(loaded):
         running_server(url, state, TOKENS) as base,
         httpx.Client(base_url=base, timeout=60) as client,
     ):
-        assert readiness(client).status_code == 200
+        # Not ready while the gate imports GX ("starting: ..."), then ready.
+        until(lambda: readiness(client).status_code == 200, "ready once the gate is warm")
         pid = server_pid(httpx.URL(base).port)
         for child in gate_children(pid):
             os.kill(child, signal.SIGKILL)

@@ -37,9 +37,10 @@ def healthz() -> Health:
 )
 def readyz(services: ServicesDep, response: Response) -> Readiness:
     """200 when the database answers with every migration applied, the gate process is alive
-    and the marts are no further behind core than LOADER_MARTS_MAX_AGE_SECONDS; else 503 with
+    with GX imported (its first seconds are not ready: a request would wait for the import) and
+    the marts are no further behind core than LOADER_MARTS_MAX_AGE_SECONDS; else 503 with
     each failed check named and `Retry-After`."""
-    checks = {"gate": "ok" if services.settler.gate_alive() else "the gate process is not running"}
+    checks = {"gate": services.settler.gate_state()}
     try:
         with services.pool.connection() as conn:
             checks.update(_database_checks(conn, services.settings.marts_max_age_seconds))

@@ -55,5 +55,8 @@ class RenumberingGate:
     def alive(self) -> bool:
         return self.gate.alive()
 
+    def warm(self) -> bool:
+        return self.gate.warm()
+
     def close(self) -> None:
         self.gate.close()
