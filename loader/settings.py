@@ -71,8 +71,8 @@ class Settings(BaseSettings):
         alias="LOADER_CHUNK_ROWS",
         description="Rows validated in one GX pass (whole batches): each pass costs about "
         "0.19 s whatever its size, its rows about 1.4 µs each, its frames about 0.6 KB a row "
-        "in the gate process; on 1M rows (2026-12-07) 50,000 took 20.7-22.1 s with the run's "
-        "and its gate's Pss summing to 490-520 MB, 100,000 about 2 s less at 561-598 MB.",
+        "in the gate process; on 1M rows (2026-12-07) 50,000 took 16.3-18.3 s with the run's "
+        "and its gate's Pss summing to 481-497 MB, 100,000 about 1 s less at 516 MB.",
     )
     land_rows: int = Field(
         default=100_000,
