@@ -61,8 +61,9 @@ Progress = Callable[[str, int], None]
 # A batch landed in raw and judged, ready to settle.
 Landed = tuple[Table, BatchInfo, Verdict, Keys]
 
-# Chunks sent to the gate and not yet judged, at most: enough that the gate never waits for a
-# land, few enough that the run's memory does not grow while the gate is slower than reading.
+# Chunks read and not yet judged, at most: enough that the run lands through the gate's GX
+# import and its slowest chunks, few enough that memory does not grow with the input while the
+# gate is slower than reading (about 4.5 MB a 50,000-row chunk).
 JUDGE_AHEAD = 6
 # A land also closes at this many batches: with one-row batches a land of rows alone would hold
 # 100,000 batches' objects until settled (see `source.chunks`).
@@ -71,10 +72,11 @@ LAND_BATCHES = 20_000
 
 @dataclass
 class Chunk:
-    """Whole batches of one table between reading and landing: their rows (with lineage), the
-    batches' infos and key ranges (each batch's lane), which of them have a raw copy already,
-    the batches of a parent table (for the ids they accept), and the gate's verdicts: awaited,
-    then per batch."""
+    """Whole batches of one table between reading and settling: their rows (with lineage; let
+    go once landed and sent to the gate), the batches' infos and key ranges (each batch's
+    lane), which of them have a raw copy already, the batches of a parent table (for the ids
+    they accept), and the gate's verdicts: `judged` is the future while the gate has the
+    chunk, then `verdicts` per batch. It settles once `is_landed` and `is_judged`."""
 
     table: Table
     summary: TableSummary
@@ -437,7 +439,7 @@ class Run:
 
     def _with_verdicts(self, chunk: Chunk, known: dict[str, list[int]]) -> Chunk:
         """Wait for the chunk's verdicts and take them in: the ids a parent table's batches
-        accept, the counts, and the rows still to land."""
+        accept, and the counts."""
         judged = chunk.judged.result()
         chunk.judged, chunk.verdicts, chunk.is_judged = None, judged.verdicts, True
         self.seconds[Stage.VALIDATE] += judged.seconds
