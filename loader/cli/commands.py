@@ -75,7 +75,12 @@ def command_watch(args: argparse.Namespace) -> int:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        err.print("stopping after the current run (again to abandon it)")
+        # Said by a thread of its own: the signal may have interrupted this thread in the middle
+        # of writing a log line, and a write from inside that write is refused (the message
+        # was lost); the thread writes once that line is out.
+        threading.Thread(
+            target=err.print, args=("stopping after the current run (again to abandon it)",)
+        ).start()
 
     signal.signal(signal.SIGTERM, stop_asked)
     signal.signal(signal.SIGINT, stop_asked)
