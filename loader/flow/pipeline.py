@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -31,25 +31,23 @@ import pyarrow as pa
 from psycopg import sql
 
 from loader.db.connect import reason_of
+from loader.flow.chunk import Chunk, Landed, leaving, ready_to_settle, sendable
 from loader.flow.judge.gate import Gate, judged_part
 from loader.flow.land import RawLoader, raw_copies, without_copies
 from loader.flow.ledger import close_run, new_run_id, open_run
 from loader.flow.model import (
-    BatchInfo,
     BatchState,
-    Judged,
     RawBatch,
     ReadCounts,
     RunStatus,
     Settlement,
     Source,
-    Verdict,
     accepted_ids,
 )
 from loader.flow.runtime import heap
 from loader.flow.runtime.kill_points import AFTER_RAW_LOAD, AFTER_VERDICT, KillPoints
 from loader.flow.settle.engine import Settler
-from loader.flow.settle.lanes import Keys, key_ranges
+from loader.flow.settle.lanes import key_ranges
 from loader.flow.settle.line import SettleLine
 from loader.flow.source.chunks import Gathering, gather
 from loader.flow.summary import RUN_STAGES, RunSummary, Stage, TableSummary
@@ -58,9 +56,6 @@ from loader.settings import Policy, Settings
 from loader.tables import Table
 
 Progress = Callable[[str, int], None]
-# A batch landed in raw and judged, ready to settle.
-Landed = tuple[Table, BatchInfo, Verdict, Keys]
-
 # Chunks read and not yet judged, at most: enough that the run lands through the gate's GX
 # import and its slowest chunks, few enough that memory does not grow with the input while the
 # gate is slower than reading (about 4.5 MB a 50,000-row chunk).
@@ -68,27 +63,6 @@ JUDGE_AHEAD = 6
 # A land also closes at this many batches: with one-row batches a land of rows alone would hold
 # 100,000 batches' objects until settled (see `source.chunks`).
 LAND_BATCHES = 20_000
-
-
-@dataclass
-class Chunk:
-    """Whole batches of one table between reading and settling: their rows (with lineage; let
-    go once landed and sent to the gate), the batches' infos and key ranges (each batch's
-    lane), which of them have a raw copy already, the batches of a parent table (for the ids
-    they accept), and the gate's verdicts: `judged` is the future while the gate has the
-    chunk, then `verdicts` per batch. It settles once `is_landed` and `is_judged`."""
-
-    table: Table
-    summary: TableSummary
-    rows: pa.Table
-    infos: list[BatchInfo]
-    keys: dict[str, Keys]
-    landed: dict[str, str]
-    parents: list[RawBatch]
-    judged: Future[Judged] | None = None
-    verdicts: dict[str, Verdict] = field(default_factory=dict)
-    is_landed: bool = False
-    is_judged: bool = False
 
 
 def known_ids(conn: psycopg.Connection, tables: Iterable[Table]) -> dict[str, list[int]]:
@@ -285,13 +259,13 @@ class Run:
                 self._land([waiting for waiting in flowing if not waiting.is_landed])
                 unlanded_rows = unlanded_batches = 0
             self._advance(flowing, known, ahead=JUDGE_AHEAD)
-            settle(_ready_to_settle(_leaving(flowing)))
+            settle(ready_to_settle(leaving(flowing)))
         # Every file has been read whole by this run's own reader (a malformed one would have
         # raised): the structure check has nothing left to say. The rest lands while the gate
         # judges the last chunks, then builds the data docs while they settle.
         self._land([waiting for waiting in flowing if not waiting.is_landed])
         self._advance(flowing, known, ahead=0, docs=True)
-        settle(_ready_to_settle(_leaving(flowing)))
+        settle(ready_to_settle(leaving(flowing)))
 
     def _land_while_judged(
         self,
@@ -310,7 +284,7 @@ class Run:
             self._land(chunks)
             for chunk in chunks:
                 self._with_verdicts(chunk, known)
-            landed += _ready_to_settle(chunks)
+            landed += ready_to_settle(chunks)
         return landed
 
     def _read_chunks(
@@ -330,27 +304,14 @@ class Run:
         for the oldest until at most `ahead` chunks wait for one. With `docs`, the data docs
         are asked for once every chunk is sent: the gate builds them while the last settle."""
         while True:
-            self._submit_ready(flowing, known)
-            sent = all(chunk.judged is not None or chunk.is_judged for chunk in flowing)
-            if docs and self.docs is None and sent:
+            for chunk in sendable(flowing):
+                self._submit(chunk, known)
+            if docs and self.docs is None and all(chunk.is_sent for chunk in flowing):
                 self.docs = self.gate.submit_docs()
             unjudged = [chunk for chunk in flowing if not chunk.is_judged]
             if not unjudged or (len(unjudged) <= ahead and not unjudged[0].judged.done()):
                 return
             self._with_verdicts(unjudged[0], known)
-
-    def _submit_ready(self, flowing: deque[Chunk], known: dict[str, list[int]]) -> None:
-        """Send the gate, in reading order, each chunk whose earlier tables are all judged
-        (its references are checked against the ids they accept)."""
-        waiting: set[str] = set()  # tables with a chunk not yet judged
-        for chunk in flowing:
-            if chunk.is_judged:
-                continue
-            if chunk.judged is None:
-                if waiting - {chunk.table.name}:
-                    return
-                self._submit(chunk, known)
-            waiting.add(chunk.table.name)
 
     def _land(self, chunks_read: list[Chunk]) -> None:
         """The chunks' rows into raw in one dlt run, but for batches with a raw copy already;
@@ -360,7 +321,7 @@ class Run:
         for chunk in chunks_read:
             rows = without_copies(chunk.rows, chunk.landed)
             chunk.is_landed = True
-            if chunk.judged is not None or chunk.is_judged:  # the gate has them: not needed
+            if chunk.is_sent:  # the gate has them: not needed
                 chunk.rows = rows.slice(0, 0)
             if rows.num_rows:
                 chunks.setdefault(chunk.table, []).append(rows)
@@ -461,21 +422,3 @@ class Run:
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = {**settlement.record(self.run_id), "failing_rows": settlement.rejected_rows}
         path.write_text(json.dumps(entry, indent=2))
-
-
-def _leaving(flowing: deque[Chunk]) -> list[Chunk]:
-    """The chunks at the head of `flowing` that are landed and judged, taken out of it: each
-    settles after every chunk read before it."""
-    leaving = []
-    while flowing and flowing[0].is_landed and flowing[0].is_judged:
-        leaving.append(flowing.popleft())
-    return leaving
-
-
-def _ready_to_settle(chunks: list[Chunk]) -> list[Landed]:
-    """The batches of landed, judged chunks, each with its verdict and key ranges."""
-    return [
-        (chunk.table, batch, chunk.verdicts[batch.batch_id], chunk.keys[batch.batch_id])
-        for chunk in chunks
-        for batch in chunk.infos
-    ]
