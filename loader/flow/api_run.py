@@ -96,8 +96,8 @@ class RequestSettler:
         self.thread = threading.Thread(target=self._settle_waiting, name="requests", daemon=True)
 
     def gate_state(self) -> str:
-        """ "ok" once the gate process runs with GX imported; else what it is doing (a dead one
-        is replaced at the next request)."""
+        """What /readyz says of the gate: ok once its process runs with GX imported, else what
+        it is doing (a dead one is replaced at the next request)."""
         if not self.gate.alive():
             return "the gate process is not running"
         if not self.gate.warm():
