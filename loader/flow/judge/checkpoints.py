@@ -3,11 +3,12 @@ verdict per batch.
 
 One validation per chunk keeps GX's fixed cost (about 0.2 s a checkpoint run here) off every
 batch, and the data docs are built once per run rather than by an UpdateDataDocsAction on every
-checkpoint run (another 0.85 s each, measured); `result_format=COMPLETE` with the line number
-and the batch id as index columns lists every failing row with its batch (a chunk may hold
-batches of several files, whose lines all start at 1). The checkpoint's `success` is the
-authority: a failed checkpoint whose failures cannot be pinned to rows rejects every batch it
-saw. No SQL here.
+checkpoint run (another 0.85 s each, measured); `result_format=COMPLETE` lists every failing
+row with its line, and its batch: from the line where the chunk's lines are unique (the frame
+indexed by line), else from the batch id column GX reports beside the line (a chunk may hold
+batches of several files, whose lines all start at 1). See `context.RESULT_FORMAT`. The
+checkpoint's `success` is the authority: a failed checkpoint whose failures cannot be pinned to
+rows rejects every batch it saw. No SQL here.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import logging
 from concurrent.futures import Future
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context.types.resource_identifiers import (
     ExpectationSuiteIdentifier,
 )
 
-from loader.flow.judge.context import open_context
+from loader.flow.judge.context import checkpoint_name, open_context
 from loader.flow.judge.gate import judged_now, run_name
 from loader.flow.judge.rules import known_ids_parameter, validation_frame
 from loader.flow.model import Failure, Judged, Verdict
@@ -75,14 +77,19 @@ class InProcessGate:
         verdict per batch id."""
         frame = validation_frame(table, chunk)
         parameters = {known_ids_parameter(name): ids for name, ids in known_ids.items()}
-        if table.name not in self._checkpoints:
-            self._checkpoints[table.name] = self.context.checkpoints.get(table.name)
-        result = self._checkpoints[table.name].run(
+        by_line = frame[LINE_NUMBER].is_unique
+        if by_line:
+            frame.index = pd.Index(frame[LINE_NUMBER].to_numpy(), name=LINE_NUMBER)
+        name = checkpoint_name(table.name, by_line)
+        if name not in self._checkpoints:
+            self._checkpoints[name] = self.context.checkpoints.get(name)
+        result = self._checkpoints[name].run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=parameters,
             run_id=RunIdentifier(run_name=run_name(chunk)),
         )
         verdicts = {batch_id: Verdict(batch_id) for batch_id in batch_ids}
+        batch_of = _batch_of_line(frame) if by_line and not result.success else None
         self.validated += list(result.run_results)
         for validation in result.run_results.values():
             for outcome in validation.results:
@@ -98,7 +105,8 @@ class InProcessGate:
                 if rows:
                     for row in rows:
                         line = int(row[LINE_NUMBER])
-                        verdicts[row[BATCH_ID]].failing_rows.setdefault(line, []).append(failure)
+                        batch = batch_of[line] if batch_of is not None else row[BATCH_ID]
+                        verdicts[batch].failing_rows.setdefault(line, []).append(failure)
                 else:
                     for verdict in verdicts.values():
                         verdict.batch_failures.append(failure)
@@ -108,3 +116,8 @@ class InProcessGate:
                     Failure("*", "the checkpoint failed without naming rows", "checkpoint")
                 )
         return verdicts
+
+
+def _batch_of_line(frame: pd.DataFrame) -> dict[int, str]:
+    """Line → batch id, for a frame whose lines are unique."""
+    return dict(zip(frame[LINE_NUMBER].tolist(), frame[BATCH_ID].tolist(), strict=True))

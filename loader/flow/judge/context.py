@@ -19,13 +19,24 @@ ID_NAMESPACE = uuid.UUID("5f0c7a52-8d4e-4c43-9d3b-6f3f9b1c2a10")  # csv-migrate'
 DATASOURCE = "batches"
 BATCH_DEFINITION = "rows"
 STATE_VARIABLE = "LOADER_GX_STATE_DIR"
+# Two checkpoints per table, one suite, differing only in how a failing row is named.
+# `<table>` names it by line and batch id, columns of the frame: a line number alone is unique
+# in one file, not among a table's files (each numbers its lines from 1) nor among API
+# requests. `<table>__by_line` names it by line alone, the frame's index, for chunks whose lines
+# are unique (every chunk of one file): GX then reads one value per failing row instead of
+# three, and judges a chunk of failing rows in half the time (7.8 s against 3.8 s for 23,750
+# failures in 50,000 rows, measured 2026-12-07).
 RESULT_FORMAT = {
     "result_format": "COMPLETE",
-    # A line number alone is unique in one file, not among a table's files (each numbers its
-    # lines from 1) nor among API requests: the batch id says which batch a failing line is of.
     "unexpected_index_column_names": [LINE_NUMBER, BATCH_ID],
     "return_unexpected_index_query": False,
 }
+RESULT_FORMAT_BY_LINE = {**RESULT_FORMAT, "unexpected_index_column_names": [LINE_NUMBER]}
+
+
+def checkpoint_name(table_name: str, by_line: bool) -> str:
+    """The table's checkpoint that names failing rows by line alone, or by line and batch."""
+    return f"{table_name}__by_line" if by_line else table_name
 
 
 def open_context(context_dir: Path, state_dir: Path):
@@ -57,13 +68,14 @@ def write_context(context_dir: Path) -> None:
         validation = context.validation_definitions.add(
             gx.ValidationDefinition(name=table.name, data=definition, suite=suite)
         )
-        context.checkpoints.add(
-            gx.Checkpoint(
-                name=table.name,
-                validation_definitions=[validation],
-                result_format=RESULT_FORMAT,
+        for by_line, result_format in ((False, RESULT_FORMAT), (True, RESULT_FORMAT_BY_LINE)):
+            context.checkpoints.add(
+                gx.Checkpoint(
+                    name=checkpoint_name(table.name, by_line),
+                    validation_definitions=[validation],
+                    result_format=result_format,
+                )
             )
-        )
     stabilise_ids(context_dir)
 
 
