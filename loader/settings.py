@@ -66,13 +66,14 @@ class Settings(BaseSettings):
     )
     policy: Policy = Field(default=Policy.REJECT_BATCH, alias="LOADER_POLICY")
     chunk_rows: int = Field(
-        default=50_000,
+        default=100_000,
         ge=1,
         alias="LOADER_CHUNK_ROWS",
         description="Rows validated in one GX pass (whole batches): each pass costs about "
-        "0.19 s whatever its size, its rows about 1.4 µs each, its frames about 0.6 KB a row "
-        "in the gate process; on 1M rows (2026-12-07) 50,000 took 16.3-18.3 s with the run's "
-        "and its gate's Pss summing to 481-497 MB, 100,000 about 1 s less at 516 MB.",
+        "0.48 s whatever its size and its rows about 3 µs each on the machine of "
+        "docs/BENCHMARKS.md (2026-12-07), its frames about 0.6 KB a row in the gate process; on "
+        "1M rows 100,000 took 36.7 s with the run's and its gate's Pss at 511 MB, 50,000 "
+        "about 3 s more at 466-483 MB.",
     )
     land_rows: int = Field(
         default=100_000,

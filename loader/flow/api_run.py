@@ -42,7 +42,7 @@ from loader.observe.events import Job, Observers
 from loader.settings import EXPECTATIONS_DIR, Policy, Settings
 from loader.tables import TABLES, Table
 
-MOST_BATCHES = 50  # at most 50,000 rows: one GX pass at the default Settings.chunk_rows
+MOST_BATCHES = 50  # at most 50,000 rows: one GX pass (Settings.chunk_rows is larger)
 # A run saved is worth a wait. The first request waits GATHER_FLOOR for others sent at the same
 # moment. Clients answered by a run tend to send their next request at once: the settling
 # thread also waits until as many requests have come since the last run's first answer as it

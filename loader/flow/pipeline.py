@@ -7,7 +7,7 @@ gathers the request bodies waiting at a moment under their batches' locks, `clus
 reading, judging and landing over Dask workers. Everything after that is `Run`.
 
 Each table is read once, streaming: chunks of whole batches (`source.chunks`) go to the gate as
-they are read (at most JUDGE_AHEAD waiting for their verdicts), land in raw by dlt every
+they are read (at most JUDGE_AHEAD_ROWS rows waiting for their verdicts), land in raw by dlt every
 `land_rows` rows whether judged yet or not, and are settled by a settle line once landed and
 judged, while the next chunks are read and judged; memory holds a few chunks whatever the
 input's size. A table's chunks are all judged before the next table's go to the gate, so a hire
@@ -56,10 +56,10 @@ from loader.settings import Policy, Settings
 from loader.tables import Table
 
 Progress = Callable[[str, int], None]
-# Chunks read and not yet judged, at most: enough that the run lands through the gate's GX
-# import and its slowest chunks, few enough that memory does not grow with the input while the
-# gate is slower than reading (about 4.5 MB a 50,000-row chunk).
-JUDGE_AHEAD = 6
+# Rows read and not yet judged, at most (in whole chunks, at least one): enough that the run
+# lands through the gate's GX import and its slowest chunks, few enough that memory does not
+# grow with the input while the gate is slower than reading (about 90 bytes a row).
+JUDGE_AHEAD_ROWS = 300_000
 # A land also closes at this many batches: with one-row batches a land of rows alone would hold
 # 100,000 batches' objects until settled (see `source.chunks`).
 LAND_BATCHES = 20_000
@@ -118,6 +118,7 @@ class Run:
         self.batch_size = batch_size
         self.progress = progress or (lambda table, rows: None)
         self.run_id = new_run_id()
+        self.judge_ahead = max(1, JUDGE_AHEAD_ROWS // settings.chunk_rows)  # chunks
         self.kill = KillPoints(settings.kill_at)
         self.settlements: list[Settlement] = []
         self.docs: Future[Path] | None = None  # the data docs, asked for once all is judged
@@ -244,7 +245,7 @@ class Run:
 
         Landing does not wait for verdicts (raw keeps every row, judged or not): the run lands
         while the gate imports GX and while it judges a chunk full of failing rows, instead of
-        waiting idle. At most JUDGE_AHEAD chunks wait for the gate, so memory holds a few
+        waiting idle. At most JUDGE_AHEAD_ROWS rows wait for the gate, so memory holds a few
         chunks whatever the input's size; a table's chunks are all judged before the next
         table's go to the gate (they may reference its ids).
         """
@@ -258,7 +259,7 @@ class Run:
                 structure_checked()
                 self._land([waiting for waiting in flowing if not waiting.is_landed])
                 unlanded_rows = unlanded_batches = 0
-            self._advance(flowing, known, ahead=JUDGE_AHEAD)
+            self._advance(flowing, known, ahead=self.judge_ahead)
             settle(ready_to_settle(leaving(flowing)))
         # Every file has been read whole by this run's own reader (a malformed one would have
         # raised): the structure check has nothing left to say. The rest lands while the gate

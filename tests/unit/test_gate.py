@@ -169,6 +169,17 @@ def test_failing_rows_are_mapped_back_to_their_own_batch(gate):
     assert verdicts["second"].passed
 
 
+def test_failing_lines_of_two_files_with_the_same_numbers_keep_their_own_batch(gate):
+    """Every file numbers its lines from 1: in a chunk of two files, line 2 is two rows."""
+    first = batch_of([GOOD, ["8", *GOOD[1:]]], "first", 1)
+    second = batch_of([GOOD, ["9", None, *GOOD[2:]]], "second", 1)
+    verdicts = check(gate, HIRED_EMPLOYEES, [first, second], KNOWN)
+    assert verdicts["first"].passed
+    assert {
+        line: [f.field for f in found] for line, found in verdicts["second"].failing_rows.items()
+    } == {2: ["name"]}
+
+
 def test_every_validation_is_stored_and_shown_in_the_data_docs(tmp_path):
     gate = InProcessGate(EXPECTATIONS_DIR, tmp_path)
     check(gate, DEPARTMENTS, [batch_of([["1", "Sales"], ["x", "Legal"]], table=DEPARTMENTS)], {})

@@ -66,6 +66,11 @@ class ForkedGate:
         return self._submit(_build_docs)
 
     def _start(self) -> ProcessPoolExecutor:
+        # pandas before the fork: both processes use it (the gate for its frames, dlt here),
+        # and imported once its pages are shared instead of each process holding a copy
+        # (12-17 MB less Pss for the run and its gate, measured on 1M rows 2026-12-07).
+        import pandas  # noqa: F401
+
         pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("fork"),
