@@ -180,6 +180,29 @@ def test_failing_lines_of_two_files_with_the_same_numbers_keep_their_own_batch(g
     } == {2: ["name"]}
 
 
+def test_a_chunk_of_many_broken_rows_is_judged_in_passes_with_the_same_verdicts(gate, tmp_path):
+    """A gate allowed two broken-looking rows a pass judges three batches of two each in three
+    checkpoint runs (GX's memory grows with the failing rows of one run), and finds what one
+    run finds."""
+    batches = [
+        batch_of(
+            [[str(10 * i + j), None if j % 2 else "Ana", *GOOD[2:]] for j in range(1, 5)],
+            f"b{i}",
+            1 + 4 * i,
+        )
+        for i in range(3)
+    ]
+    small = InProcessGate(EXPECTATIONS_DIR, tmp_path, most_failing_rows=2)
+    several = check(small, HIRED_EMPLOYEES, batches, KNOWN)
+    assert len(small.validated) == 3
+    assert several == check(gate, HIRED_EMPLOYEES, batches, KNOWN)
+    assert {b: sorted(v.failing_rows) for b, v in several.items()} == {
+        "b0": [1, 3],
+        "b1": [5, 7],
+        "b2": [9, 11],
+    }
+
+
 def test_every_validation_is_stored_and_shown_in_the_data_docs(tmp_path):
     gate = InProcessGate(EXPECTATIONS_DIR, tmp_path)
     check(gate, DEPARTMENTS, [batch_of([["1", "Sales"], ["x", "Legal"]], table=DEPARTMENTS)], {})

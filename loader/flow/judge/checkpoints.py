@@ -26,7 +26,13 @@ from great_expectations.data_context.types.resource_identifiers import (
 
 from loader.flow.judge.context import checkpoint_name, open_context
 from loader.flow.judge.gate import judged_now, run_name
-from loader.flow.judge.rules import known_ids_parameter, validation_frame
+from loader.flow.judge.rules import (
+    MOST_FAILING_ROWS,
+    known_ids_parameter,
+    likely_failing,
+    passes,
+    validation_frame,
+)
 from loader.flow.model import Failure, Judged, Verdict
 from loader.tables import BATCH_ID, LINE_NUMBER, Table
 
@@ -34,7 +40,12 @@ from loader.tables import BATCH_ID, LINE_NUMBER, Table
 class InProcessGate:
     """Validates chunks of batches with the committed checkpoints, in this process."""
 
-    def __init__(self, context_dir: Path, state_dir: Path):
+    def __init__(
+        self, context_dir: Path, state_dir: Path, most_failing_rows: int = MOST_FAILING_ROWS
+    ):
+        """`most_failing_rows`: rows that look broken in one checkpoint run, at most (see
+        `rules.passes`)."""
+        self.most_failing_rows = most_failing_rows
         # GX logs every expectation it cannot render at WARNING; its results say what failed.
         logging.getLogger("great_expectations").setLevel(logging.ERROR)
         self.context = open_context(context_dir, state_dir)
@@ -73,22 +84,44 @@ class InProcessGate:
     def check(
         self, table: Table, chunk: pa.Table, batch_ids: list[str], known_ids: dict[str, list[int]]
     ) -> dict[str, Verdict]:
-        """Run the table's checkpoint over a chunk of batches (see `Gate.submit`); return a
+        """Run the table's checkpoint over a chunk of batches (see `Gate.submit`), in one pass,
+        or in several where many rows look broken (`rules.MOST_FAILING_ROWS`); return a
         verdict per batch id."""
         frame = validation_frame(table, chunk)
         parameters = {known_ids_parameter(name): ids for name, ids in known_ids.items()}
+        verdicts = {batch_id: Verdict(batch_id) for batch_id in batch_ids}
+        broken = likely_failing(table, frame)
+        ranges = passes(frame, broken, self.most_failing_rows)
+        for start, stop in ranges:
+            # One pass takes the frame itself: a slice GX writes to would be copied whole.
+            part = frame if len(ranges) == 1 else frame.iloc[start:stop]
+            seen = [verdicts[batch_id] for batch_id in part[BATCH_ID].unique()]
+            name = run_name(chunk.slice(start, stop - start))
+            self._judge(table, part, name, parameters, verdicts, seen or list(verdicts.values()))
+        return verdicts
+
+    def _judge(
+        self,
+        table: Table,
+        frame: pd.DataFrame,
+        name: str | None,
+        parameters: dict,
+        verdicts: dict[str, Verdict],
+        seen: list[Verdict],
+    ) -> None:
+        """One checkpoint run over `frame`, its failures added to `verdicts`; failures that name
+        no row go to the verdicts of the batches it `seen`."""
         by_line = frame[LINE_NUMBER].is_unique
         if by_line:
             frame.index = pd.Index(frame[LINE_NUMBER].to_numpy(), name=LINE_NUMBER)
-        name = checkpoint_name(table.name, by_line)
-        if name not in self._checkpoints:
-            self._checkpoints[name] = self.context.checkpoints.get(name)
-        result = self._checkpoints[name].run(
+        checkpoint = checkpoint_name(table.name, by_line)
+        if checkpoint not in self._checkpoints:
+            self._checkpoints[checkpoint] = self.context.checkpoints.get(checkpoint)
+        result = self._checkpoints[checkpoint].run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=parameters,
-            run_id=RunIdentifier(run_name=run_name(chunk)),
+            run_id=RunIdentifier(run_name=name),
         )
-        verdicts = {batch_id: Verdict(batch_id) for batch_id in batch_ids}
         batch_of = _batch_of_line(frame) if by_line and not result.success else None
         self.validated += list(result.run_results)
         for validation in result.run_results.values():
@@ -108,14 +141,13 @@ class InProcessGate:
                         batch = batch_of[line] if batch_of is not None else row[BATCH_ID]
                         verdicts[batch].failing_rows.setdefault(line, []).append(failure)
                 else:
-                    for verdict in verdicts.values():
+                    for verdict in seen:
                         verdict.batch_failures.append(failure)
-        if not result.success and all(verdict.passed for verdict in verdicts.values()):
-            for verdict in verdicts.values():
+        if not result.success and all(verdict.passed for verdict in seen):
+            for verdict in seen:
                 verdict.batch_failures.append(
                     Failure("*", "the checkpoint failed without naming rows", "checkpoint")
                 )
-        return verdicts
 
 
 def _batch_of_line(frame: pd.DataFrame) -> dict[int, str]:
