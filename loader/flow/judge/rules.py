@@ -220,8 +220,10 @@ def passes(frame: pd.DataFrame, broken: np.ndarray, most: int) -> list[tuple[int
     """Row ranges of whole batches, in order, covering the frame: one, unless more than `most`
     rows are `broken`; then each holds at most `most` of them (or one batch that alone holds
     more). One range too where a batch's rows are not together: a batch is judged whole."""
+    if broken.sum() <= most:  # nearly every chunk: no batch boundaries to look for
+        return [(0, len(frame))]
     starts = np.flatnonzero(frame[BATCH_ID].ne(frame[BATCH_ID].shift()).to_numpy())
-    if broken.sum() <= most or len(starts) != frame[BATCH_ID].nunique():
+    if len(starts) != frame[BATCH_ID].nunique():
         return [(0, len(frame))]
     counted = np.concatenate([[0], np.cumsum(broken)])
     ranges, first = [], 0
