@@ -24,6 +24,7 @@ from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context.types.resource_identifiers import (
     ExpectationSuiteIdentifier,
 )
+from great_expectations.execution_engine import pandas_execution_engine
 
 from loader.flow.judge.context import checkpoint_name, open_context
 from loader.flow.judge.gate import judged_now, run_name
@@ -49,6 +50,12 @@ class InProcessGate:
         self.most_failing_rows = most_failing_rows
         # GX logs every expectation it cannot render at WARNING; its results say what failed.
         logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        # GX fingerprints every in-memory frame under its HASH_THRESHOLD (1 GB) for the batch
+        # markers of the result: pandas' hash of every cell, then MD5, a sixth of a clean
+        # chunk's checkpoint run (measured 2026-12-07). The chunk's batches are named by their
+        # content already (batch ids: SHA-256 of their bytes, in the frame and in the run
+        # name), so the gate turns it off as GX does for larger frames.
+        pandas_execution_engine.HASH_THRESHOLD = 0
         self.context = open_context(context_dir, state_dir)
         # Each table's checkpoint read from the store once per gate, not once per chunk (a
         # checkpoint run still checks that it matches the store: GX's `is_fresh`).
