@@ -256,6 +256,10 @@ class Run:
             unlanded_rows += chunk.rows.num_rows
             unlanded_batches += len(chunk.infos)
             if unlanded_rows >= self.settings.land_rows or unlanded_batches >= LAND_BATCHES:
+                # Verdicts in and chunks out first, without waiting: a table's first chunks,
+                # held back until its parents' verdicts came, would otherwise wait out the
+                # structure check and the dlt run with the gate idle.
+                self._advance(flowing, known, ahead=len(flowing))
                 structure_checked()
                 self._land([waiting for waiting in flowing if not waiting.is_landed])
                 unlanded_rows = unlanded_batches = 0
