@@ -7,7 +7,7 @@ built from lists): every stage and driver shares these, and the API answers with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -177,7 +177,7 @@ class Verdict:
     """What the gate found in one batch."""
 
     batch_id: str
-    failing_rows: dict[int, list[Failure]] = field(default_factory=dict)
+    failing_rows: dict[int, Sequence[Failure]] = field(default_factory=dict)
     batch_failures: list[Failure] = field(default_factory=list)
 
     @property

@@ -106,7 +106,7 @@ class InProcessGate:
             seen = [verdicts[batch_id] for batch_id in part[BATCH_ID].unique()]
             name = run_name(chunk.slice(start, stop - start))
             self._judge(table, part, name, parameters, verdicts, seen or list(verdicts.values()))
-        return verdicts
+        return _shared(verdicts)
 
     def _judge(
         self,
@@ -156,6 +156,19 @@ class InProcessGate:
                 verdict.batch_failures.append(
                     Failure("*", "the checkpoint failed without naming rows", "checkpoint")
                 )
+
+
+def _shared(verdicts: dict[str, Verdict]) -> dict[str, Verdict]:
+    """The verdicts with each failing row's rules as a tuple, one object for all the rows that
+    fail the same rules: the run holds the verdicts of a few chunks while they wait to settle,
+    and a chunk of failing rows has tens of thousands (a list each was about 90 bytes a row;
+    pickling to the run keeps the tuples shared)."""
+    same: dict[tuple[Failure, ...], tuple[Failure, ...]] = {}
+    for verdict in verdicts.values():
+        for line, found in verdict.failing_rows.items():
+            rules = tuple(found)
+            verdict.failing_rows[line] = same.setdefault(rules, rules)
+    return verdicts
 
 
 def _batch_of_line(frame: pd.DataFrame) -> dict[int, str]:
