@@ -69,8 +69,8 @@ class Settings(BaseSettings):
         default=75_000,
         ge=1,
         alias="LOADER_CHUNK_ROWS",
-        description="Rows validated in one GX pass (whole batches): each pass costs about "
-        "0.48 s whatever its size and its rows about 3 µs each on the machine of "
+        description="Rows validated in one GX pass (whole batches): each pass costs 0.15-0.48 "
+        "s whatever its size and its rows 1-3 µs each on the two machines of "
         "docs/BENCHMARKS.md (2026-12-07), its frames about 0.6 KB a row in the gate process; on "
         "1M rows the run's and its gate's Pss peaked at 495-502 MB with 50,000 or 75,000 and "
         "at 500-524 MB with 100,000, which took 2-3 s less than 50,000.",
