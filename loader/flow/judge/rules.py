@@ -42,7 +42,7 @@ BATCH_ROWS = "_batch_rows"
 # they are serialised): judged in one pass, 100,000-row chunks whose rows nearly all failed took
 # the gate process from 270 to 416 MB (10M rows, 2026-12-07). A chunk with more rows that look
 # broken than this is judged in passes (each pass costs GX's fixed ~0.15-0.48 s).
-MOST_FAILING_ROWS = 15_000
+MOST_FAILING_ROWS = 10_000
 
 
 def integer_helper(column: str) -> str:
