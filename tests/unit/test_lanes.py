@@ -51,3 +51,16 @@ def test_key_ranges_read_only_keys_written_as_numbers():
     )
     found = key_ranges(HIRED_EMPLOYEES, chunk)
     assert found == {"a": (3, 7), "b": None, "c": (9, 12)}
+
+
+def test_keys_that_can_never_be_promoted_do_not_widen_a_batch_range():
+    chunk = pa.table(
+        {
+            "id": ["5", "2147483648", "6", "0", "99999999999", "2147483647", "0" * 20 + "4"],
+            "_batch_id": ["a", "a", "a", "b", "b", "c", "c"],
+        }
+    )
+    found = key_ranges(HIRED_EMPLOYEES, chunk)
+    assert found == {"a": (5, 6), "b": None, "c": (4, 2147483647)}
+    keys = [found["a"], (7, 8), (9, 10)]
+    assert len(lanes(["a", "x", "y"], keys, [3, 3, 3], 2)) == 2

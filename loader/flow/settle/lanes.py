@@ -20,7 +20,7 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loader.tables import BATCH_ID, Table
+from loader.tables import BATCH_ID, POSTGRES_INTEGER_MAX, Table
 
 Item = TypeVar("Item")
 Keys = tuple[int, int] | None  # a batch's smallest and largest accepted key; None: no row
@@ -47,11 +47,16 @@ def lanes(items: Sequence[Item], keys: Sequence[Keys], rows: Sequence[int], coun
 
 
 def key_ranges(table: Table, chunk: pa.Table) -> dict[str, Keys]:
-    """Each batch's smallest and largest key among its rows whose key reads as a number: all
-    the ids it can promote (and maybe a few it will not), which is what the lane rule needs."""
+    """Each batch's smallest and largest key among its rows whose key reads as a number within
+    the rules' range (1 to PostgreSQL's integer maximum): all the ids it can promote (and maybe
+    a few it will not), which is what the lane rule needs. A key out of range is never promoted,
+    and counted, one such key in a batch (2147483648, say) would overlap every later batch and
+    put them all in one lane."""
     text = chunk[table.primary_key]
-    numeric = pc.match_substring_regex(text, r"^[0-9]{1,18}$")
+    numeric = pc.match_substring_regex(text, r"^0*[0-9]{1,18}$")  # zeros first: the rules' too
     keys = pc.cast(pc.if_else(numeric, text, pa.scalar(None, pa.string())), pa.int64())
+    promotable = pc.and_(pc.greater_equal(keys, 1), pc.less_equal(keys, POSTGRES_INTEGER_MAX))
+    keys = pc.if_else(promotable, keys, pa.scalar(None, pa.int64()))
     found = (
         pa.table({BATCH_ID: chunk[BATCH_ID], "key": keys})
         .group_by(BATCH_ID)
