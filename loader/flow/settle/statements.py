@@ -15,13 +15,15 @@ from loader.tables import Column, Table
 def cast_field(column: Column, field: sql.Composable) -> sql.Composable:
     """A raw text field as its core type, the way promotion casts it: text as it is, a time
     with its fraction truncated to microseconds (`model.BEYOND_MICROSECONDS`) rather than
-    rounded by PostgreSQL into the next second."""
+    rounded by PostgreSQL into the next second. Only a time with a fraction goes through the
+    regular expression: on a million times without one it was 0.75 s of PostgreSQL's CPU
+    (measured 2026-12-07), and there is nothing for it to cut."""
     if column.kind == "text":
         return field
     if column.kind == "timestamp":
-        field = sql.SQL("regexp_replace({}, {}, {})").format(
-            field, sql.Literal(BEYOND_MICROSECONDS), sql.Literal(r"\1")
-        )
+        field = sql.SQL(
+            "case when strpos({0}, '.') = 0 then {0} else regexp_replace({0}, {1}, {2}) end"
+        ).format(field, sql.Literal(BEYOND_MICROSECONDS), sql.Literal(r"\1"))
     return sql.SQL("{}::{}").format(field, sql.SQL(column.postgres_type))
 
 
