@@ -86,6 +86,18 @@ def settlement_locks(conn: psycopg.Connection, table_name: str, batch_id: str) -
     )
 
 
+def group_settlement_locks(conn: psycopg.Connection, table_name: str, batch_ids: list[str]) -> None:
+    """`settlement_locks` for several batches settled in one transaction: the table's lock
+    shared, then each batch's in the order of its key, so that two groups waiting on each
+    other's batches cannot both hold one (a batch settled alone takes one batch lock only)."""
+    conn.execute("select pg_advisory_xact_lock_shared(%s, hashtext(%s))", (TABLE, table_name))
+    conn.execute(
+        "select pg_advisory_xact_lock(%s, key) from (select distinct hashtext(batch_id) as key "
+        "from unnest(%s::text[]) as batch_id order by key) as keys",
+        (BATCH, batch_ids),
+    )
+
+
 @contextmanager
 def request_lock(conn: psycopg.Connection, batch_id: str):
     """Session-level lock on an API batch for the whole request (in place of the run lock), so

@@ -152,6 +152,17 @@ def recorded(conn: psycopg.Connection, batch: BatchInfo) -> Settlement | None:
     )
 
 
+def recorded_among(conn: psycopg.Connection, batches: list[BatchInfo]) -> dict[str, Settlement]:
+    """`recorded` for several batches in one round trip where none is settled (the usual
+    case): batch id → the ledger's settlement, for those that are."""
+    found = conn.execute(
+        "select batch_id from audit.batches where batch_id = any(%s) and status = any(%s)",
+        ([batch.batch_id for batch in batches], [str(state) for state in SETTLED]),
+    ).fetchall()
+    settled = {batch_id for (batch_id,) in found}
+    return {batch.batch_id: recorded(conn, batch) for batch in batches if batch.batch_id in settled}
+
+
 def record_settlement(conn: psycopg.Connection, record: dict) -> None:
     """Write a batch's ledger row (`Settlement.record`), clearing failing rows an earlier
     settlement of the same batch logged (the caller logs this one's)."""

@@ -21,12 +21,14 @@ from tests.faults.conftest import (
 pytestmark = [pytest.mark.database, pytest.mark.faults]
 
 # (kill point, pass at which to die, batches the killed run leaves settled). The small sample
-# is 1 + 1 + 30 batches (departments, jobs, hires), judged in three chunks, one per table.
+# is 1 + 1 + 30 batches (departments, jobs, hires), judged in three chunks, one per table. Its
+# 19th hire batch holds the broken rows: hires 1-18 pass and settle in one transaction
+# (`settle.line.together`), then 19 alone, then 20-30; the kill points are passed per batch.
 KILLS = [
     ("after_verdict", 3, 0),  # the hires judged, nothing settled
     ("after_raw_load", 1, 0),  # everything landed in raw, nothing settled
-    ("before_commit", 20, 19),  # the 20th settlement written but not committed
-    ("after_commit", 20, 20),  # the 20th settlement committed, the 21st not begun
+    ("before_commit", 20, 2),  # the 20th settlement written: hires 1-18 not committed
+    ("after_commit", 20, 20),  # hires 1-18 committed, the 19th not begun
 ]
 
 

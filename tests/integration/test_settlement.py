@@ -157,6 +157,27 @@ def test_a_reference_to_a_missing_parent_never_reaches_core_whoever_checks_it(
     assert rows(clean, "select count(*) from core.hired_employees") == [(promoted,)]
 
 
+def test_batches_settled_together_still_settle_alone_when_one_is_refused(
+    clean, tmp_path, monkeypatch
+):
+    """Three batches that passed the rules settle in one transaction; the middle one's missing
+    department (which the rules missed) rolls that back, and each batch then settles alone:
+    the other two promoted, the middle one waiting, nothing of it in core."""
+    lines = hires(6)
+    lines[2] = "3,Nowhere,2021-05-05T10:00:00Z,2,1"
+    rules_that_miss(monkeypatch, line=3)
+    folder = write_input(tmp_path / "in", ["1,Sales"], ["1,Clerk"], lines)
+    run(clean, tmp_path, folder, batch_size=2, settle_connections=1)  # one lane, one group
+    assert rows(
+        clean,
+        "select first_line, status, rows_promoted from audit.batches "
+        "where table_name = 'hired_employees' order by first_line",
+    ) == [(1, "promoted", 2), (3, "waiting", 0), (5, "promoted", 2)]
+    assert rows(clean, "select id from core.hired_employees order by id") == [
+        (1,), (2,), (5,), (6,)
+    ]  # fmt: skip
+
+
 def waiting_backends(url, other_than):
     return rows(
         url,

@@ -148,7 +148,8 @@ class InProcessGate:
                     (named,) = rows
                     lines = [int(line) for line in named[LINE_NUMBER]]
                     batches = (
-                        [batch_of[line] for line in lines] if batch_of is not None
+                        [batch_of[line] for line in lines]
+                        if batch_of is not None
                         else named[BATCH_ID]
                     )
                     for line, batch in zip(lines, batches, strict=True):

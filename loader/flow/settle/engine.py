@@ -1,7 +1,9 @@
 """The one settlement engine: a judged batch's rows raw → core, and the ledger that says so.
 
-File runs, API requests and cluster workers all settle through `Settler.settle`. Settling one
-batch is one transaction: under the table's shared lock and the batch's own lock, the ledger
+File runs, API requests and cluster workers all settle through `Settler.settle`; a file run's
+settle line settles runs of batches whose every row passed together (`settle_together`: one
+transaction, one upsert, rolled back and settled one by one on any refusal). Settling one batch
+is one transaction: under the table's shared lock and the batch's own lock, the ledger
 (`audit.batches`) is read again, so a batch settled meanwhile by someone else is answered from
 the ledger instead of settled twice; then the batch's accepted rows are upserted into
 `core.<table>` with one set-based `INSERT ... SELECT ... ON CONFLICT`, and the ledger row and
@@ -35,9 +37,9 @@ from dataclasses import replace
 import psycopg
 from psycopg import errors, sql
 
-from loader.db.locks import settlement_locks
+from loader.db.locks import group_settlement_locks, settlement_locks
 from loader.flow.land import ensure_raw_index
-from loader.flow.ledger import record_settlement, recorded
+from loader.flow.ledger import record_settlement, recorded, recorded_among
 from loader.flow.model import (
     REFERENCE_EXPECTATION,
     BatchInfo,
@@ -125,6 +127,50 @@ class Settler:
                 time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
         return self._record_failed(table, batch, last)
 
+    def settle_together(
+        self, table: Table, passed: list[tuple[BatchInfo, Verdict]]
+    ) -> list[Settlement]:
+        """Batches whose every row passed, of one raw copy and sharing no key (`lanes`),
+        settled in one transaction: each is still promoted whole or not at all, and the
+        round trips, the parents' locks and the upsert are paid once for all of them (300
+        batches of 1000 rows: 1.9-2.2 s of PostgreSQL's CPU one by one, about 1 s in one
+        statement, measured 2026-12-07). Anything PostgreSQL refuses, a conflict or a
+        transient error rolls the group back and settles its batches one by one (`settle`),
+        where each gets its own answer."""
+        if len(passed) == 1:
+            return [self.settle(table, *passed[0])]
+        self.prepare(table)
+        try:
+            return self._settle_together_once(table, passed)
+        except (*REFUSED, *TRANSIENT, errors.CardinalityViolation):
+            return [self.settle(table, batch, verdict) for batch, verdict in passed]
+
+    def _settle_together_once(
+        self, table: Table, passed: list[tuple[BatchInfo, Verdict]]
+    ) -> list[Settlement]:
+        with self.conn.transaction():
+            batches = [batch for batch, _ in passed]
+            group_settlement_locks(self.conn, table.name, [batch.batch_id for batch in batches])
+            earlier = recorded_among(self.conn, batches)
+            fresh = [(batch, verdict) for batch, verdict in passed if batch.batch_id not in earlier]
+            if fresh:
+                parameters = {
+                    "batch_ids": [batch.batch_id for batch, _ in fresh],
+                    "raw_run_id": fresh[0][0].raw_run_id or self.run_id,
+                    "failing": [],
+                    "only": None,
+                }
+                self._upsert_checked(table, parameters, many=True)
+            settlements = {}
+            for batch, verdict in fresh:
+                settlement = self._outcome(batch, verdict, attempt=1)[0]
+                self._write_ledger(table, settlement, verdict)
+                settlements[batch.batch_id] = settlement
+                self.kill.reach(BEFORE_COMMIT)
+        for _ in fresh:
+            self.kill.reach(AFTER_COMMIT)
+        return [earlier.get(batch.batch_id) or settlements[batch.batch_id] for batch in batches]
+
     def _settle_once(
         self, table: Table, batch: BatchInfo, verdict: Verdict, attempt: int
     ) -> Settlement:
@@ -152,17 +198,22 @@ class Settler:
                 return earlier
             if find_refused:
                 verdict = self._with_refused_rows(table, batch, verdict)
-            status, promotes = held_back(verdict, self.policy)
+            settlement, promotes = self._outcome(batch, verdict, attempt)
             if promotes:
                 self._upsert(table, batch, verdict, plain=find_refused)
-            held = len(verdict.failing_rows) if promotes else batch.rows
-            settlement = Settlement(
-                batch, status, batch.rows - held, held, reasons(verdict), attempts=attempt
-            )
             self._write_ledger(table, settlement, verdict)
             self.kill.reach(BEFORE_COMMIT)
         self.kill.reach(AFTER_COMMIT)
         return settlement
+
+    def _outcome(self, batch: BatchInfo, verdict: Verdict, attempt: int) -> tuple[Settlement, bool]:
+        """The settlement the verdict makes under the policy, and whether rows go to core."""
+        status, promotes = held_back(verdict, self.policy)
+        held = len(verdict.failing_rows) if promotes else batch.rows
+        settlement = Settlement(
+            batch, status, batch.rows - held, held, reasons(verdict), attempts=attempt
+        )
+        return settlement, promotes
 
     def _lock_and_reread(self, table: Table, batch: BatchInfo) -> Settlement | None:
         """Inside the settlement's transaction: take the table's and the batch's locks, then
@@ -183,14 +234,22 @@ class Settler:
         """The batch's accepted rows into core; its references checked set-based (see the
         module) unless `plain` or not allowed."""
         parameters = self._parameters(batch, verdict)
-        parents = parents_locked_statement(table)
-        if plain or parents is None or not self.checks_references:
+        if plain:
             self.conn.execute(upsert_statement(table), parameters)
+        else:
+            self._upsert_checked(table, parameters, many=False)
+
+    def _upsert_checked(self, table: Table, parameters: dict, many: bool) -> None:
+        """The upsert of one batch's rows or `many` batches', their references checked
+        set-based with the key triggers skipped where allowed (see the module)."""
+        parents = parents_locked_statement(table, many)
+        if parents is None or not self.checks_references:
+            self.conn.execute(upsert_statement(table, many), parameters)
             return
         if not self.conn.execute(parents, parameters).fetchone()[0]:
-            raise errors.ForeignKeyViolation(f"a row of batch {batch.batch_id} has no parent")
+            raise errors.ForeignKeyViolation("a row to promote has no parent")
         self.conn.execute("set local session_replication_role = replica")
-        self.conn.execute(upsert_statement(table), parameters)
+        self.conn.execute(upsert_statement(table, many), parameters)
         self.conn.execute("set local session_replication_role = origin")
 
     def _with_refused_rows(self, table: Table, batch: BatchInfo, verdict: Verdict) -> Verdict:

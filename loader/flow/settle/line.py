@@ -7,8 +7,10 @@ use. So each land is settled on `settle_connections` connections at once, cut in
 `lanes.lanes` (batches that may share a key on one connection, in file order), one table after
 another: departments and jobs are in core before a hire that references them is settled. A land
 is settled whole before the next one starts, so the lanes of two lands never overlap either.
-Each batch is still its own transaction through `Settler.settle`; the line adds no state of its
-own, so a crash anywhere leaves what the ledger says and nothing else.
+Runs of a lane's batches whose every row passed settle in one transaction (`together`,
+`Settler.settle_together`), any other batch in one of its own; each batch is whole or not at all
+either way, and the line adds no state of its own, so a crash anywhere leaves what the ledger
+says and nothing else.
 
 A failure on the line (the database gone, a bug) is raised in the run's thread at its next
 `put` or at `close`; once one happened nothing more is settled (the other lanes stop after
@@ -42,6 +44,10 @@ Item = tuple[Table, BatchInfo, Verdict, Keys]
 Settled = Callable[[Table, Settlement], None]
 DONE = None
 QUEUED_LANDS = 2
+# Clean batches settled in one transaction, at most (`together`): enough that a group's round
+# trips and locks are a small share of its upsert, few enough that a conflict settled again one
+# by one or a crash loses little.
+GROUP_BATCHES = 20
 OFFER_SECONDS = 0.1
 
 
@@ -149,15 +155,52 @@ class SettleLine:
 
     def _settle_lane(self, settler: Settler, items: list[Item]) -> None:
         try:
-            for table, batch, verdict, _ in _until(self._stop, items):
-                self.settled(table, settler.settle(table, batch, verdict))
+            for group in _until(self._stop, together(items)):
+                table = group[0][0]
+                passed = [(batch, verdict) for _, batch, verdict, _ in group]
+                for settlement in settler.settle_together(table, passed):
+                    self.settled(table, settlement)
         except BaseException:
-            self._stop.set()  # the other lanes stop after their current batch
+            self._stop.set()  # the other lanes stop after their current group
             raise
 
 
-def _until(stop: threading.Event, items: list[Item]) -> Iterator[Item]:
+def together(items: list[Item]) -> Iterator[list[Item]]:
+    """A lane's batches (one table's, in file order) as groups to settle in one transaction
+    each: runs of up to GROUP_BATCHES batches whose every row passed, of one raw copy, and
+    whose key ranges do not overlap (one upsert may not touch a key twice); any other batch
+    alone. The order is kept, so the later of two rows with one key still wins."""
+    group: list[Item] = []
     for item in items:
+        if group and not _joins(group, item):
+            yield group
+            group = []
+        group.append(item)
+        if not item[2].passed:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _joins(group: list[Item], item: Item) -> bool:
+    _, batch, verdict, keys = item
+    first = group[0][1]
+    return (
+        verdict.passed
+        and group[-1][2].passed
+        and len(group) < GROUP_BATCHES
+        and batch.raw_run_id == first.raw_run_id
+        and not any(_overlap(keys, other[3]) for other in group)
+    )
+
+
+def _overlap(one: Keys, other: Keys) -> bool:
+    return one is not None and other is not None and one[0] <= other[1] and other[0] <= one[1]
+
+
+def _until(stop: threading.Event, groups: Iterator[list[Item]]) -> Iterator[list[Item]]:
+    for group in groups:
         if stop.is_set():
             return
-        yield item
+        yield group

@@ -31,16 +31,23 @@ def _cast(table: Table, alias: str) -> list[sql.Composable]:
     return [cast_field(column, sql.Identifier(alias, column.name)) for column in table.columns]
 
 
+def _batches(many: bool) -> sql.SQL:
+    """Which raw rows a statement settles: one batch's, or (`many`) those of the batch ids in
+    %(batch_ids)s; all of the raw copy %(raw_run_id)s."""
+    which = "any(%(batch_ids)s)" if many else "%(batch_id)s"
+    return sql.SQL(f"r._batch_id = {which} and r._run_id = %(raw_run_id)s")
+
+
 @cache  # composed once per table: a run settles thousands of batches
-def upsert_statement(table: Table) -> sql.Composed:
-    """Rows of one batch from raw into core, skipping the lines in %(failing)s; with %(only)s
-    set, that one line alone."""
+def upsert_statement(table: Table, many: bool = False) -> sql.Composed:
+    """Rows of one batch (or `many`) from raw into core, skipping the lines in %(failing)s;
+    with %(only)s set, that one line alone."""
     columns = [sql.Identifier(column.name) for column in table.columns]
     updated = [column for column in table.columns if column.name != table.primary_key]
     return sql.SQL(
         """insert into {target} ({columns}, _batch_id, _promoted_at)
         select {casts}, r._batch_id, now() from {raw} as r
-        where r._batch_id = %(batch_id)s and r._run_id = %(raw_run_id)s
+        where {batches}
           and r._line_number <> all(%(failing)s)
           and (%(only)s::bigint is null or r._line_number = %(only)s::bigint)
         on conflict ({key}) do update set {updates}, _batch_id = excluded._batch_id,
@@ -48,6 +55,7 @@ def upsert_statement(table: Table) -> sql.Composed:
         where ({current}) is distinct from ({incoming})"""
     ).format(
         target=sql.Identifier("core", table.name),
+        batches=_batches(many),
         columns=sql.SQL(", ").join(columns),
         casts=sql.SQL(", ").join(_cast(table, "r")),
         raw=sql.Identifier("raw", table.name),
@@ -97,7 +105,7 @@ def rejected_rows_statement(table: Table) -> sql.Composed:
 
 
 @cache  # composed once per table: a run settles thousands of batches
-def parents_locked_statement(table: Table) -> sql.Composed | None:
+def parents_locked_statement(table: Table, many: bool = False) -> sql.Composed | None:
     """Whether every parent the batch's promoted rows point at exists, each one locked
     FOR KEY SHARE as PostgreSQL's own foreign-key check locks it (so that no one can delete it
     until the batch commits); one set-based statement for the batch instead of a trigger per
@@ -112,7 +120,7 @@ def parents_locked_statement(table: Table) -> sql.Composed | None:
             sql.SQL(
                 """{wanted} as (
                 select distinct {cast} as id from {raw} as r
-                where r._batch_id = %(batch_id)s and r._run_id = %(raw_run_id)s
+                where {batches}
                   and r._line_number <> all(%(failing)s)
                   and (%(only)s::bigint is null or r._line_number = %(only)s::bigint)
             ), {locked} as (
@@ -122,6 +130,7 @@ def parents_locked_statement(table: Table) -> sql.Composed | None:
             ).format(
                 wanted=wanted,
                 locked=locked,
+                batches=_batches(many),
                 cast=cast_field(column, sql.Identifier("r", column.name)),
                 raw=sql.Identifier("raw", table.name),
                 parent=sql.Identifier("core", column.references),
