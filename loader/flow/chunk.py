@@ -40,6 +40,11 @@ class Chunk:
     is_judged: bool = False
 
     @property
+    def row_count(self) -> int:
+        """Its rows, also once they are let go."""
+        return sum(info.rows for info in self.infos)
+
+    @property
     def is_sent(self) -> bool:
         """The gate has it, or has judged it."""
         return self.judged is not None or self.is_judged

@@ -122,7 +122,10 @@ class Run:
         self.batch_size = batch_size
         self.progress = progress or (lambda table, rows: None)
         self.run_id = new_run_id()
-        self.judge_ahead = max(1, JUDGE_AHEAD_ROWS // settings.chunk_rows)  # chunks
+        # Rows, not chunks: a parent table's small chunks take no room from the hires that
+        # the run reads and lands while the gate imports GX. At least one whole chunk.
+        self.judge_ahead = max(JUDGE_AHEAD_ROWS, settings.chunk_rows)
+        self.gate_answered = False
         self.kill = KillPoints(settings.kill_at)
         self.settlements: list[Settlement] = []
         self.docs: Future[Path] | None = None  # the data docs, asked for once all is judged
@@ -263,11 +266,14 @@ class Run:
                 # Verdicts in and chunks out first, without waiting: a table's first chunks,
                 # held back until its parents' verdicts came, would otherwise wait out the
                 # structure check and the dlt run with the gate idle.
-                self._advance(flowing, known, ahead=len(flowing))
+                self._advance(flowing, known, ahead=sum(chunk.row_count for chunk in flowing))
                 structure_checked()
                 self._land([waiting for waiting in flowing if not waiting.is_landed])
                 unlanded_rows = unlanded_batches = 0
-            self._advance(flowing, known, ahead=self.judge_ahead)
+            # Until the gate's first verdict (it imports GX meanwhile: 2.5-3 s, holding no
+            # chunk) the run reads and lands twice as far ahead, with a core otherwise idle.
+            ahead = self.judge_ahead * (1 if self.gate_answered else 2)
+            self._advance(flowing, known, ahead=ahead)
             settle(ready_to_settle(leaving(flowing)))
         # Every file has been read whole by this run's own reader (a malformed one would have
         # raised): the structure check has nothing left to say. The rest lands while the gate
@@ -310,7 +316,7 @@ class Run:
         self, flowing: deque[Chunk], known: dict[str, list[int]], ahead: int, docs: bool = False
     ) -> None:
         """Send the gate every chunk it may judge now, take the verdicts that are in, and wait
-        for the oldest until at most `ahead` chunks wait for one. With `docs`, the data docs
+        for the oldest until at most `ahead` rows wait for one. With `docs`, the data docs
         are asked for once every chunk is sent: the gate builds them while the last settle."""
         while True:
             for chunk in sendable(flowing):
@@ -318,7 +324,8 @@ class Run:
             if docs and self.docs is None and all(chunk.is_sent for chunk in flowing):
                 self.docs = self.gate.submit_docs()
             unjudged = [chunk for chunk in flowing if not chunk.is_judged]
-            if not unjudged or (len(unjudged) <= ahead and not unjudged[0].judged.done()):
+            waiting = sum(chunk.row_count for chunk in unjudged)
+            if not unjudged or (waiting <= ahead and not unjudged[0].judged.done()):
                 return
             self._with_verdicts(unjudged[0], known)
 
@@ -411,6 +418,7 @@ class Run:
         """Wait for the chunk's verdicts and take them in: the ids a parent table's batches
         accept, and the counts."""
         judged = chunk.judged.result()
+        self.gate_answered = True
         chunk.judged, chunk.verdicts, chunk.is_judged = None, judged.verdicts, True
         self.seconds[Stage.VALIDATE] += judged.seconds
         self.kill.reach(AFTER_VERDICT)

@@ -35,8 +35,8 @@ def judged_now(check: Callable[..., dict[str, Verdict]], *arguments) -> Future[J
 
 def judged_part(table: Table, chunk: pa.Table) -> pa.Table:
     """What a gate reads of a chunk: the fields, JUDGED_LINEAGE, and the run id for the data
-    docs' run name; not the file name. A chunk waits for the gate (up to `pipeline.JUDGE_AHEAD`
-    of them) and is pickled to its process: the less it holds, the better."""
+    docs' run name; not the file name. A chunk waits for the gate (up to `pipeline.JUDGE_AHEAD_ROWS`
+    rows of them) and is pickled to its process: the less it holds, the better."""
     return chunk.select([*table.column_names, *JUDGED_LINEAGE, RUN_ID])
 
 
