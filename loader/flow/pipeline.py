@@ -56,14 +56,13 @@ from loader.settings import Policy, Settings
 from loader.tables import Table
 
 Progress = Callable[[str, int], None]
-# Rows read and not yet judged, at most (in whole chunks, at least one): enough that the run
-# lands through the gate's GX import and its slowest chunks, few enough that memory does not
-# grow with the input while the gate is slower than reading (about 90 bytes a row, and the
-# verdicts of those judged and not yet settled: on 10M rows, the Pss peak of the run and its
-# gate sampled every 50 ms was 508 MB with 225,000 and 495 MB with 150,000 and passes of 10,000
-# broken-looking rows, measured 2026-12-07; 1M rows took the same time within the machine's
-# drift).
-JUDGE_AHEAD_ROWS = 150_000
+# Rows read and not yet judged, at most (in whole chunks, at least one; twice as many until the
+# gate's first verdict): the chunk the gate judges and one more, read and sent while it does.
+# Each waiting chunk is held twice in the run while it waits (as Arrow, about 90 bytes a row,
+# and pickled for the gate's queue), and on 10M rows the gate is always the slower side: the
+# Pss peak of the run and its gate, read every 250 ms, was 514-516 MB with 150,000 rows and
+# 506 MB with 75,000, both runs 130 s (measured 2026-12-07).
+JUDGE_AHEAD_ROWS = 75_000
 # A land also closes at this many batches: with one-row batches a land of rows alone would hold
 # 100,000 batches' objects until settled (see `source.chunks`).
 LAND_BATCHES = 20_000
