@@ -142,17 +142,11 @@ class InProcessGate:
                     meta.get("rule", outcome.expectation_config.type),
                     outcome.expectation_config.type,
                 )
-                # One record of index columns (`exclude_unexpected_values`): its lists.
                 rows = outcome.result.get("unexpected_index_list")
                 if rows:
-                    (named,) = rows
-                    lines = [int(line) for line in named[LINE_NUMBER]]
-                    batches = (
-                        [batch_of[line] for line in lines]
-                        if batch_of is not None
-                        else named[BATCH_ID]
-                    )
-                    for line, batch in zip(lines, batches, strict=True):
+                    for row in rows:
+                        line = int(row[LINE_NUMBER])
+                        batch = batch_of[line] if batch_of is not None else row[BATCH_ID]
                         verdicts[batch].failing_rows.setdefault(line, []).append(failure)
                 else:
                     for verdict in seen:

@@ -26,17 +26,10 @@ STATE_VARIABLE = "LOADER_GX_STATE_DIR"
 # are unique (every chunk of one file): GX then reads one value per failing row instead of
 # three, and judges a chunk of failing rows in half the time (7.8 s against 3.8 s for 23,750
 # failures in 50,000 rows, measured 2026-12-07).
-# `exclude_unexpected_values`: GX reports the failing rows' index columns as one record of lists
-# and leaves the failing values out of the result: the verdicts need lines, not values (the
-# rejected rows keep theirs in raw), and building a dict per failing row, storing it and
-# grouping it again for the data docs was most of a failing chunk's judging (a chunk of 75,000
-# rows with 15,000 failures 2.1-3.0 s -> 1.1-1.2 s; the docs of a 1M run 0.9-1.2 -> 0.5-0.6 s,
-# measured 2026-12-07). The docs page of a failed expectation shows its count and first lines.
 RESULT_FORMAT = {
     "result_format": "COMPLETE",
     "unexpected_index_column_names": [LINE_NUMBER, BATCH_ID],
     "return_unexpected_index_query": False,
-    "exclude_unexpected_values": True,
 }
 RESULT_FORMAT_BY_LINE = {**RESULT_FORMAT, "unexpected_index_column_names": [LINE_NUMBER]}
 

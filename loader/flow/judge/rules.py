@@ -40,10 +40,9 @@ ISO_INSTANT = (
 BATCH_ROWS = "_batch_rows"
 # GX's work for a failing row grows with the rows failing at once (each expectation copies the
 # failing rows of the frame and lists their values): judged in one pass, 100,000-row chunks
-# whose rows nearly all failed took the gate process from 270 to 416 MB (10M rows, 2026-12-07,
-# with the values in the results). A chunk with more rows that look broken than this is judged
-# in passes (each pass costs GX's fixed ~0.15-0.48 s); with passes of 5,000 the 10M run's peak
-# was the same within its noise (508 against 506 MB, 2026-12-07).
+# whose rows nearly all failed took the gate process from 270 to 416 MB (10M rows, 2026-12-07).
+# A chunk with more rows that look broken than this is judged in passes (each pass costs GX's
+# fixed ~0.15-0.48 s).
 MOST_FAILING_ROWS = 10_000
 
 
