@@ -184,11 +184,12 @@ def together(items: list[Item]) -> Iterator[list[Item]]:
 
 
 def _joins(group: list[Item], item: Item) -> bool:
+    """Whether `item` may settle in the open `group` (whose batches all passed: `together`
+    closes a group after any other batch)."""
     _, batch, verdict, keys = item
     first = group[0][1]
     return (
         verdict.passed
-        and group[-1][2].passed
         and len(group) < GROUP_BATCHES
         and batch.raw_run_id == first.raw_run_id
         and not any(_overlap(keys, other[3]) for other in group)
