@@ -26,7 +26,7 @@ from rich.console import Console
 
 from loader.flow.cluster.worker import Job, TaskResult, judge_share
 from loader.flow.errors import ClusterUnavailable
-from loader.flow.judge.checkpoints import InProcessGate
+from loader.flow.judge.gx_import import in_process_gate
 from loader.flow.land import RawLoader
 from loader.flow.model import SETTLED
 from loader.flow.pipeline import Progress, Run, known_ids
@@ -215,7 +215,7 @@ class LoadOnCluster:
         self.run = ClusterRun(
             settings,
             conn,
-            InProcessGate(EXPECTATIONS_DIR, settings.gx_state_dir),
+            in_process_gate(EXPECTATIONS_DIR, settings.gx_state_dir),
             RawLoader(url, settings.dlt_dir),
             str(settings.input_dir),
             settings.policy,

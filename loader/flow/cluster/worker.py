@@ -21,13 +21,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pyarrow as pa
 from psycopg import sql
 
 from loader.db.connect import connect
-from loader.flow.judge.checkpoints import InProcessGate
+from loader.flow.judge.gx_import import in_process_gate
 from loader.flow.land import RawLoader, ensure_raw_index, raw_copies, without_copies
 from loader.flow.ledger import batch_states
 from loader.flow.model import SETTLED, BatchInfo, BatchState, RawBatch, Verdict, accepted_ids
@@ -38,6 +39,9 @@ from loader.flow.source.pieces import Share, read_share
 from loader.flow.summary import Stage
 from loader.settings import EXPECTATIONS_DIR, Policy
 from loader.tables import BATCH_ID, Table, dependents_of
+
+if TYPE_CHECKING:
+    from loader.flow.judge.checkpoints import InProcessGate
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ def _info(batch: RawBatch, copy_run: str | None, run_id: str) -> BatchInfo:
 
 def _gate(job: Job) -> InProcessGate:
     if _tools.gate is None or _tools.gate_dir != job.gx_state_dir:
-        _tools.gate = InProcessGate(EXPECTATIONS_DIR, Path(job.gx_state_dir))
+        _tools.gate = in_process_gate(EXPECTATIONS_DIR, Path(job.gx_state_dir))
         _tools.gate_dir = job.gx_state_dir
     return _tools.gate
 

@@ -1,8 +1,9 @@
 """What a run asks of a gate, wherever its checkpoints run: `checkpoints.InProcessGate` here,
 `gate_process.ForkedGate` in a child process, `renumbering.RenumberingGate` over either.
 
-This module imports no Great Expectations (about 2.6 s and 150 MB of imports): a run's own
-process only talks to its gate, and the gate process imports GX while the run starts up.
+This module imports no Great Expectations (about 1.2 s and 72 MiB of imports, `gx_import`): a
+run's own process only talks to its gate, and the gate process imports GX while the run starts
+up.
 """
 
 from __future__ import annotations
